@@ -1,0 +1,122 @@
+"""Calorimeter-shower metrics and the CaloGAN-format prediction writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from callbacks.base import PhysicsMetric
+from hepgen.io.calogan import write_calogan
+from hepgen.metrics.classifier import two_sample_auc
+from hepgen.metrics.distributions import ks_statistic, separation_power
+from hepgen.physics.calo_geometry import LAYER_KEYS
+from hepgen.physics.calo_observables import OBSERVABLE_NAMES, compute_observables
+from hepgen.plotting import histogram_overlays, mean_shower_images, response_vs_energy
+
+
+def classifier_features(showers: dict[str, np.ndarray], energy_gev: np.ndarray) -> np.ndarray:
+    """Voxels normalised by the incident energy, log-scaled, plus log10 E_inc: (N, 505).
+
+    Normalising by E_inc removes the trivial scale so that the classifier judges shapes and
+    fluctuations; the log scale (1e-6 floor) makes the sparse tails visible to it.
+    """
+    e_inc_mev = 1000.0 * energy_gev.reshape(-1, 1)
+    voxels = np.concatenate([showers[k].reshape(len(e_inc_mev), -1) for k in LAYER_KEYS], axis=1)
+    return np.concatenate([np.log10(voxels / e_inc_mev + 1e-6), np.log10(e_inc_mev / 1000.0)], axis=1)
+
+
+class CaloMetrics(PhysicsMetric):
+    """CaloGAN observables, real vs generated at the same incident energies, in physical units.
+
+    For every observable of :mod:`hepgen.physics.calo_observables` it logs the KS distance
+    (``ks/<name>``) and the CaloChallenge separation power (``sep/<name>``); per layer the
+    occupancy of reference and model and their difference in percentage points
+    (``sparsity_<l>_ref``, ``sparsity_<l>_gen``, ``sparsity_<l>_diff_pp``); the mean response.
+    In ``test`` it also trains a real-vs-generated classifier on the voxels and logs its AUC on a
+    held-out split (``classifier_auc``; 0.5 means indistinguishable).
+
+    Plots: overlaid histograms of all observables, mean shower images per layer, response vs
+    incident energy.
+
+    Args:
+        threshold_mev: cells above this energy count as hit in the occupancy.
+        classifier_epochs: training epochs of the test classifier.
+        **kwargs: see :class:`callbacks.base.PhysicsMetric`.
+    """
+
+    def __init__(self, threshold_mev: float = 0.0, classifier_epochs: int = 30, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.threshold_mev = threshold_mev
+        self.classifier_epochs = classifier_epochs
+
+    def collect(self, pl_module, batch, generator):
+        generated = pl_module.generate(batch["energy"], batch.get("particle"), generator)
+        energy = batch["energy"].detach().cpu().numpy()
+        reference = {k: batch[k].detach().cpu().numpy() for k in LAYER_KEYS}
+        generated = {k: v.detach().cpu().numpy() for k, v in generated.items()}
+        return {**reference, "energy": energy}, {**generated, "energy": energy}
+
+    def _observables(self, showers: dict) -> dict[str, np.ndarray]:
+        return compute_observables(showers, showers["energy"], self.threshold_mev)
+
+    def compute(self, reference, generated, stage):
+        ref, gen = self._observables(reference), self._observables(generated)
+        values: dict[str, float] = {}
+        for name in OBSERVABLE_NAMES:
+            values[f"ks/{name}"] = ks_statistic(ref[name], gen[name])
+            values[f"sep/{name}"] = separation_power(ref[name], gen[name])
+        for layer in range(len(LAYER_KEYS)):
+            occ_ref, occ_gen = ref[f"sparsity_{layer}"].mean(), gen[f"sparsity_{layer}"].mean()
+            values[f"sparsity_{layer}_ref"] = occ_ref
+            values[f"sparsity_{layer}_gen"] = occ_gen
+            values[f"sparsity_{layer}_diff_pp"] = 100.0 * (occ_gen - occ_ref)
+        values["response_ref"] = ref["response"].mean()
+        values["response_gen"] = gen["response"].mean()
+        if stage == "test":
+            values["classifier_auc"] = two_sample_auc(
+                classifier_features(reference, reference["energy"]),
+                classifier_features(generated, generated["energy"]),
+                epochs=self.classifier_epochs,
+            )
+        return values
+
+    def figures(self, reference, generated, stage):
+        ref, gen = self._observables(reference), self._observables(generated)
+        e_inc = reference["energy"].reshape(-1)
+        return {
+            "observables": histogram_overlays(ref, gen, title=f"CaloGAN observables ({stage})"),
+            "mean_showers": mean_shower_images(reference, generated),
+            "response": response_vs_energy(e_inc, ref["response"], e_inc, gen["response"]),
+        }
+
+
+class CaloGANWriter(BasePredictionWriter):
+    """Write ``predict`` output as a CaloGAN HDF5 file in ``<run dir>/predictions/``.
+
+    The file is ``showers.hdf5`` (``showers.1.hdf5``, ... if that exists: nothing is overwritten)
+    and holds the incident energies and generated cells in MeV, readable by CaloGANDataModule.
+    """
+
+    def __init__(self, filename: str = "showers.hdf5") -> None:
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        local = {k: torch.cat([p[k] for p in predictions]).cpu().numpy() for k in predictions[0]}
+        if trainer.world_size > 1:
+            parts = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, local)
+            local = {k: np.concatenate([p[k] for p in parts]) for k in local}
+        if not trainer.is_global_zero:
+            return
+        folder = Path(trainer.default_root_dir) / "predictions"
+        stem, suffix = Path(self.filename).stem, Path(self.filename).suffix
+        path, n = folder / self.filename, 0
+        while path.exists():
+            n += 1
+            path = folder / f"{stem}.{n}{suffix}"
+        write_calogan(path, local, attrs={"hepgen_generated_by": type(pl_module).__name__})
+        print(f"hepgen: wrote {len(local['energy'])} generated showers to {path}")

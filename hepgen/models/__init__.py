@@ -1,0 +1,5 @@
+"""Methods: one LightningModule per method."""
+
+from hepgen.models.calo_vae import CaloVAE
+
+__all__ = ["CaloVAE"]

@@ -1,0 +1,191 @@
+"""CaloVAE: a conditional VAE with KL annealing for fast calorimeter-shower simulation.
+
+The model learns p(shower | E_inc, particle) for the CaloGAN geometry (three readout layers).
+Its decoder generates, per layer, an energy (Gaussian in log(E_l / E_inc)), a set of hit cells
+(Bernoulli per cell) and the sharing of the layer energy among the hit cells (softmax), so that
+energy and sparsity are modelled explicitly (see :mod:`hepgen.nn.shower`). The loss per shower is
+
+    L = NLL_energy + BCE_hits + CE_sharing + beta(step) * sum_d max(KL_d, free_bits)
+
+with ``beta`` from :func:`hepgen.models.kl_schedule.kl_weight`. ``val/neg_elbo`` is the same
+objective at beta = 1 without free bits; the best checkpoint is chosen by it.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from hepgen.models.kl_schedule import KLScheduleName, kl_weight
+from hepgen.nn.shower import LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features
+from hepgen.physics.calo_geometry import LAYER_KEYS, LAYER_SHAPES, N_CELLS
+
+
+class CaloVAE(LightningModule):
+    """Conditional VAE for CaloGAN showers.
+
+    Args:
+        latent_dim: dimension of z.
+        hidden: width of the encoder/decoder trunks.
+        branch: width of the per-layer branches.
+        num_particles: number of particle species in the data (the datamodule's ``particles``).
+        kl_schedule: ``constant``, ``linear``, ``sigmoid`` or ``cyclical`` (see kl_schedule).
+        kl_warmup_steps: optimizer steps of the KL warm-up.
+        kl_beta_max: KL weight after warm-up (1 = the true ELBO).
+        kl_cycles: number of cycles of the ``cyclical`` schedule.
+        free_bits: KL floor per latent dimension in nats (0 = off); keeps codes from collapsing.
+        optimizer: optimizer factory (Adam, lr 1e-3 by default).
+        lr_scheduler: optional scheduler factory, stepped once per epoch.
+    """
+
+    monitor = "val/neg_elbo"
+    monitor_mode = "min"
+
+    def __init__(
+        self,
+        latent_dim: int = 16,
+        hidden: int = 256,
+        branch: int = 128,
+        num_particles: int = 1,
+        kl_schedule: KLScheduleName = "linear",
+        kl_warmup_steps: int = 2000,
+        kl_beta_max: float = 1.0,
+        kl_cycles: int = 4,
+        free_bits: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        cells = [N_CELLS[k] for k in LAYER_KEYS]
+        cond_dim = 1 + (num_particles if num_particles > 1 else 0)
+        self.representation = ShowerRepresentation(cells)
+        self.encoder = LayerwiseEncoder(cells, cond_dim, latent_dim, hidden, branch)
+        self.decoder = LayerwiseDecoder(cells, cond_dim, latent_dim, hidden, branch)
+
+    # --- data in the model's representation ----------------------------------------------------
+    def _cells(self, batch: dict) -> list[torch.Tensor]:
+        return [batch[k].flatten(1) for k in LAYER_KEYS]
+
+    def _condition(self, batch: dict) -> torch.Tensor:
+        particle = batch.get("particle")
+        if particle is None:
+            particle = torch.zeros(len(batch["energy"]), dtype=torch.long, device=self.device)
+        elif int(particle.max()) >= self.hparams.num_particles:
+            raise ValueError(
+                f"batch has particle label {int(particle.max())} but the model was built with "
+                f"num_particles={self.hparams.num_particles}; set model num_particles to the number of "
+                "particles in the datamodule."
+            )
+        return condition_features(batch["energy"], particle, self.hparams.num_particles)
+
+    def on_fit_start(self) -> None:
+        # Statistics are fitted once, on training data, and then live in the checkpoint.
+        if bool(self.representation.fitted):
+            return
+        data = self.trainer.datamodule.datasets["train"].tensors
+        cells = [data[k].flatten(1).to(self.device) for k in LAYER_KEYS]
+        self.representation.fit(cells, data["energy"].to(self.device))
+
+    # --- the objective ------------------------------------------------------------------------
+    def losses(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Per-batch mean of each loss term, (scalar tensors)."""
+        cells = self._cells(batch)
+        cond = self._condition(batch)
+        energies = self.representation.encode_energies(cells, batch["energy"])
+        shapes = [ShowerRepresentation.shape_features(x) for x in cells]
+        mean, log_var = self.encoder(shapes, energies, cond)
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * log_var) * eps
+        e_mean, e_log_var, hit_logits, share_logits = self.decoder(z, cond)
+
+        nll_energy = 0.5 * (e_log_var + (energies - e_mean) ** 2 / e_log_var.exp()).sum(1)
+        bce_hits = sum(
+            nn.functional.binary_cross_entropy_with_logits(hl, (x > 0).to(hl.dtype), reduction="none").sum(1)
+            for hl, x in zip(hit_logits, cells)
+        )
+        # Sharing: a categorical over the cells that are really hit; empty layers contribute 0.
+        ce_sharing = sum(
+            -(ShowerRepresentation.sharing_fractions(x) * torch.log_softmax(sl.masked_fill(x <= 0, -1e4), 1)).sum(1)
+            for sl, x in zip(share_logits, cells)
+        )
+        kl_per_dim = 0.5 * (mean**2 + log_var.exp() - 1.0 - log_var)  # (B, latent_dim)
+        kl_floored = kl_per_dim.mean(0).clamp_min(self.hparams.free_bits).sum()
+        recon = (nll_energy + bce_hits + ce_sharing).mean()
+        kl = kl_per_dim.sum(1).mean()
+        return {
+            "nll_energy": nll_energy.mean(),
+            "bce_hits": bce_hits.mean(),
+            "ce_sharing": ce_sharing.mean(),
+            "kl": kl,
+            "kl_floored": kl_floored,
+            "neg_elbo": recon + kl,
+            "recon": recon,
+        }
+
+    def beta(self) -> float:
+        h = self.hparams
+        return kl_weight(self.global_step, h.kl_schedule, h.kl_warmup_steps, h.kl_beta_max, h.kl_cycles)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self.losses(batch)
+        beta = self.beta()
+        loss = terms["recon"] + beta * terms["kl_floored"]
+        self.log_dict(
+            {"train/loss": loss, "train/kl": terms["kl"], "train/beta": beta},
+            prog_bar=True,
+            batch_size=len(batch["energy"]),
+        )
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # A fixed noise stream per batch: validation numbers are reproducible and do not disturb
+        # the global random state (which exact resume relies on).
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        terms = self.losses(batch, generator)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch["energy"]), sync_dist=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        terms = self.losses(batch, generator)
+        self.log_dict({f"test/{k}": v for k, v in terms.items()}, batch_size=len(batch["energy"]), sync_dist=True)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+
+    # --- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        energy_gev: torch.Tensor,
+        particle: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Simulate showers for incident energies ``energy_gev`` (B, 1) GeV.
+
+        Returns ``{"layer_0": (B, 3, 96), "layer_1": (B, 12, 12), "layer_2": (B, 12, 6)}`` in MeV.
+        """
+        energy_gev = energy_gev.to(self.device, torch.float32)
+        cond = self._condition({"energy": energy_gev, "particle": particle})
+        z = torch.randn((len(energy_gev), self.hparams.latent_dim), generator=generator, device=self.device)
+        e_mean, e_log_var, hit_logits, share_logits = self.decoder(z, cond)
+        noise = torch.randn(e_mean.shape, generator=generator, device=self.device)
+        layer_energy = self.representation.decode_energies(e_mean + torch.exp(0.5 * e_log_var) * noise, energy_gev)
+        showers = {}
+        for i, key in enumerate(LAYER_KEYS):
+            hits = torch.rand(hit_logits[i].shape, generator=generator, device=self.device) < torch.sigmoid(hit_logits[i])
+            share = torch.softmax(share_logits[i].masked_fill(~hits, -1e4), dim=1) * hits
+            showers[key] = (share * layer_energy[:, i : i + 1]).reshape(-1, *LAYER_SHAPES[key])
+        return showers
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        # global random stream: `--seed_everything` chooses the sample
+        showers = self.generate(batch["energy"], batch.get("particle"))
+        return {"energy": batch["energy"], **showers}

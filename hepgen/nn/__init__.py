@@ -1,0 +1,5 @@
+"""Network building blocks."""
+
+from hepgen.nn.mlp import mlp
+
+__all__ = ["mlp"]

@@ -1,0 +1,127 @@
+"""Networks for calorimeter showers read out in separate layers (no padded common canvas).
+
+A shower is represented the way it is generated back, so that energy and sparsity are modelled
+honestly rather than through a soft penalty:
+
+* layer energies ``E_l`` as standardised ``y_l = log(E_l / E_inc + eps)`` (Gaussian head),
+* which cells are hit (``x > 0``; Bernoulli head per cell),
+* how the layer energy is shared among the hit cells (a softmax over hit cells).
+
+Decoding multiplies the three, so each generated layer holds exactly its sampled energy and
+exactly its sampled set of hit cells. Cell energies are in MeV, incident energies in GeV.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from hepgen.nn.mlp import mlp
+
+#: Floor added to E_l / E_inc before the log: layers with no energy sit at log(1e-6), far below data.
+LOG_FRACTION_EPS = 1e-6
+#: Incident energies are mapped by log10(E / 10 GeV): 1-100 GeV -> [-1, 1].
+ENERGY_SCALE_GEV = 10.0
+
+
+def condition_features(energy_gev: torch.Tensor, particle: torch.Tensor, num_particles: int) -> torch.Tensor:
+    """Condition vector (B, 1 + num_particles if > 1) from E_inc (B, 1) GeV and particle labels (B,)."""
+    features = [torch.log10(energy_gev / ENERGY_SCALE_GEV)]
+    if num_particles > 1:
+        features.append(nn.functional.one_hot(particle.long(), num_particles).to(energy_gev.dtype))
+    return torch.cat(features, dim=1)
+
+
+class ShowerRepresentation(nn.Module):
+    """MeV showers <-> (standardised log layer fractions, hit masks, sharing fractions).
+
+    The standardisation statistics are buffers fitted once on training data
+    (:meth:`fit`) and stored with the model's weights, so evaluation never refits them.
+
+    Args:
+        layer_cells: number of cells in each layer, e.g. ``[288, 144, 72]``.
+    """
+
+    def __init__(self, layer_cells: list[int]) -> None:
+        super().__init__()
+        self.layer_cells = list(layer_cells)
+        n = len(layer_cells)
+        self.register_buffer("y_mean", torch.zeros(n))
+        self.register_buffer("y_std", torch.ones(n))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def layer_log_fractions(self, layers: list[torch.Tensor], energy_gev: torch.Tensor) -> torch.Tensor:
+        """Unstandardised ``log(E_l / E_inc + eps)``, (B, n_layers), from cells (B, n_l) in MeV."""
+        e_layer = torch.stack([x.sum(1) for x in layers], dim=1)
+        return torch.log(e_layer / (1000.0 * energy_gev) + LOG_FRACTION_EPS)
+
+    @torch.no_grad()
+    def fit(self, layers: list[torch.Tensor], energy_gev: torch.Tensor) -> None:
+        y = self.layer_log_fractions(layers, energy_gev)
+        self.y_mean.copy_(y.mean(0))
+        self.y_std.copy_(y.std(0).clamp_min(1e-3))
+        self.fitted.fill_(True)
+
+    def encode_energies(self, layers: list[torch.Tensor], energy_gev: torch.Tensor) -> torch.Tensor:
+        """Standardised layer energies, (B, n_layers)."""
+        return (self.layer_log_fractions(layers, energy_gev) - self.y_mean) / self.y_std
+
+    def decode_energies(self, y: torch.Tensor, energy_gev: torch.Tensor) -> torch.Tensor:
+        """Layer energies in MeV, (B, n_layers), from standardised values."""
+        fraction = torch.exp(y * self.y_std + self.y_mean) - LOG_FRACTION_EPS
+        return fraction.clamp_min(0.0) * (1000.0 * energy_gev)
+
+    @staticmethod
+    def sharing_fractions(x: torch.Tensor) -> torch.Tensor:
+        """Fraction of the layer energy in each cell, (B, n_l); rows of empty layers are 0."""
+        total = x.sum(1, keepdim=True)
+        return torch.where(total > 0, x / total.clamp_min(1e-30), torch.zeros_like(x))
+
+    @staticmethod
+    def shape_features(x: torch.Tensor) -> torch.Tensor:
+        """Encoder input per cell: sharing fractions on a log scale in [0, 1]."""
+        return torch.log1p(1000.0 * ShowerRepresentation.sharing_fractions(x)) / math.log(1001.0)
+
+
+class LayerwiseEncoder(nn.Module):
+    """q(z | shower, condition): one MLP branch per layer, merged with energies and condition.
+
+    Input: cells ``[(B, n_0), (B, n_1), ...]``, standardised energies (B, L), condition (B, C).
+    Output: mean and log-variance of z, each (B, latent_dim).
+    """
+
+    def __init__(self, layer_cells: list[int], cond_dim: int, latent_dim: int, hidden: int, branch: int) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(mlp([n, branch, branch], final_activation=True) for n in layer_cells)
+        merged = branch * len(layer_cells) + len(layer_cells) + cond_dim
+        self.trunk = mlp([merged, hidden, hidden, 2 * latent_dim])
+
+    def forward(self, shapes: list[torch.Tensor], energies: torch.Tensor, cond: torch.Tensor):
+        h = torch.cat([b(s) for b, s in zip(self.branches, shapes)] + [energies, cond], dim=1)
+        mean, log_var = self.trunk(h).chunk(2, dim=1)
+        return mean, log_var.clamp(-12.0, 8.0)
+
+
+class LayerwiseDecoder(nn.Module):
+    """p(shower | z, condition): a shared trunk, an energy head and one branch per layer.
+
+    Output: energy mean and log-variance (B, L) each, and per layer the hit logits and sharing
+    logits, each (B, n_l).
+    """
+
+    def __init__(self, layer_cells: list[int], cond_dim: int, latent_dim: int, hidden: int, branch: int) -> None:
+        super().__init__()
+        self.layer_cells = list(layer_cells)
+        self.trunk = mlp([latent_dim + cond_dim, hidden, hidden], final_activation=True)
+        self.energy_head = nn.Linear(hidden, 2 * len(layer_cells))
+        self.branches = nn.ModuleList(mlp([hidden, branch, 2 * n]) for n in layer_cells)
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor):
+        h = self.trunk(torch.cat([z, cond], dim=1))
+        e_mean, e_log_var = self.energy_head(h).chunk(2, dim=1)
+        heads = [b(h).chunk(2, dim=1) for b in self.branches]
+        hit_logits = [hl for hl, _ in heads]
+        share_logits = [sl for _, sl in heads]
+        return e_mean, e_log_var.clamp(-10.0, 5.0), hit_logits, share_logits

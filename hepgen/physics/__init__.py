@@ -1,0 +1,1 @@
+"""Physics formulas: detector geometries and observables, in physical units."""

@@ -1,0 +1,61 @@
+"""``hepgen data list`` and ``hepgen data make NAME --out DIR [--events N] [--seed S]``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class MadeDataset:
+    """One kind of made data: what it is, how to make it, and its extra command-line options."""
+
+    description: str
+    make: Callable[..., list]
+    options: dict[str, dict] = field(default_factory=dict)
+
+
+def _make_calogan(out, events, seed, particles, progress=True):
+    from hepgen.synth.calogan import make_calogan
+
+    return make_calogan(out, events=events, seed=seed, particles=particles, progress=progress)
+
+
+MADE_DATASETS: dict[str, MadeDataset] = {
+    "calogan": MadeDataset(
+        "Calorimeter showers in the CaloGAN HDF5 format (<particle>.hdf5: layer_0/1/2 in MeV, "
+        "energy in GeV, overflow), e+ / gamma / pi+ in the CaloGAN Pb/LAr geometry.",
+        _make_calogan,
+        {"--particles": {"nargs": "+", "default": ["eplus"], "choices": ["eplus", "gamma", "piplus"]}},
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hepgen data", description="Make data in the real published formats.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("list", help="list what hepgen can make")
+    make = verbs.add_parser("make", help="write made data into a folder")
+    kinds = make.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name, spec in MADE_DATASETS.items():
+        sub = kinds.add_parser(name, help=spec.description, description=spec.description)
+        sub.add_argument("--out", required=True, help="folder to write into (existing files are never overwritten)")
+        sub.add_argument("--events", type=int, default=10_000, help="events per file (default 10000)")
+        sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        for flag, kwargs in spec.options.items():
+            sub.add_argument(flag, **kwargs)
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    if args.verb == "list":
+        for name, spec in MADE_DATASETS.items():
+            print(f"{name:12s} {spec.description}")
+        return
+    spec = MADE_DATASETS[args.name]
+    extra = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_")) for flag in spec.options}
+    paths = spec.make(args.out, args.events, args.seed, **extra)
+    for path in paths:
+        print(f"wrote {path}")
