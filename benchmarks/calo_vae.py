@@ -11,8 +11,10 @@ made in memory with :func:`hepgen.synth.calogan.simulate_showers`; nothing is wr
 2. Trainer overhead: time per training step under ``lightning.Trainer`` versus a plain PyTorch
    loop over the same batches (same DataLoader construction as hepgen's datamodules, same model
    class and initial weights, same optimizer from ``configure_optimizers``, same loss as
-   ``CaloVAE.training_step``). Only the loop is timed: from the start of the first timed step to
-   the end of the last, after a warm-up. Plain and Trainer runs alternate; medians are reported.
+   ``CaloVAE.training_step`` with beta from the KL schedule at each step, as ``CaloVAE.beta``; the
+   losses of the two loops agree bit for bit, which is checked). Only the loop is timed: from the
+   start of the first timed step to the end of the last, after a warm-up. Plain and Trainer runs
+   alternate; medians are reported.
    Two diagnostic Trainer variants are run once each: with the rich progress bar and Lightning's
    default logger, and with a ``training_step`` that does not call ``self.log``.
 3. Memory: process peak RSS (``ru_maxrss``) after training and the size of the training data.
@@ -79,10 +81,31 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def load_average() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return None
+
+
+def format_load(load: tuple[float, float, float] | None) -> str:
+    return "n/a" if load is None else "/".join(f"{x:.2f}" for x in load)
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0), so ru_maxrss then covers what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def current_rss_mib() -> float:
@@ -169,7 +192,15 @@ class Models:
         return model
 
 
-def first_batch_fingerprint(batch: dict) -> float:
+def set_sampler_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
+    """What Lightning does at the start of every epoch (hepgen's EpochShuffleSampler reshuffles on it)."""
+    samplers = {id(s): s for s in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)) if s is not None}
+    for sampler in samplers.values():
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
+
+
+def batch_fingerprint(batch: dict) -> float:
     return float(batch["energy"].double().sum())
 
 
@@ -178,8 +209,11 @@ def first_batch_fingerprint(batch: dict) -> float:
 CHECK_STEPS = 5
 
 
-def plain_loop(models: Models, loader, seed: int, warmup: int, steps: int) -> dict:
+def plain_loop(
+    models: Models, dataset: ArrayDictDataset, batch_size: int, seed: int, warmup: int, steps: int
+) -> dict:
     """A plain PyTorch training loop; returns seconds per step over the timed steps."""
+    loader = train_loader(dataset, batch_size)
     model = models.new()
     model.train()
     configured = model.configure_optimizers()
@@ -187,13 +221,14 @@ def plain_loop(models: Models, loader, seed: int, warmup: int, steps: int) -> di
     scheduler = configured.get("lr_scheduler") if isinstance(configured, dict) else None
     h = model.hparams
     total = warmup + steps
-    losses, fingerprint = [], None
+    losses, fingerprints = [], []
     torch.manual_seed(seed)
-    step, t0, t1 = 0, None, None
+    step, epoch, t0, t1 = 0, 0, None, None
     while step < total:
+        set_sampler_epoch(loader, epoch)
         for batch in loader:
             if step == 0:
-                fingerprint = first_batch_fingerprint(batch)
+                fingerprints.append(batch_fingerprint(batch))
             if step == warmup:
                 t0 = time.perf_counter()
             terms = model.losses(batch)
@@ -207,11 +242,21 @@ def plain_loop(models: Models, loader, seed: int, warmup: int, steps: int) -> di
             step += 1
             if step == total:
                 t1 = time.perf_counter()
+                fingerprints.append(batch_fingerprint(batch))
+                final_loss = float(loss.detach())
                 break
         else:
+            epoch += 1
             if scheduler is not None:  # Lightning steps schedulers once per epoch by default
                 scheduler.step()
-    return {"step_s": (t1 - t0) / steps, "losses": losses, "fingerprint": fingerprint, "threads": torch.get_num_threads()}
+    return {
+        "step_s": (t1 - t0) / steps,
+        "losses": losses,
+        "final_loss": final_loss,
+        "fingerprints": tuple(fingerprints),
+        "epochs": epoch + 1,
+        "threads": torch.get_num_threads(),
+    }
 
 
 class StepTimer(Callback):
@@ -221,12 +266,13 @@ class StepTimer(Callback):
         self.warmup, self.steps = warmup, steps
         self.t0 = self.t1 = None
         self.losses: list[float] = []
-        self.fingerprint = None
+        self.final_loss = None
+        self.fingerprints: list[float] = []
         self.threads = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == 0 and self.fingerprint is None:
-            self.fingerprint = first_batch_fingerprint(batch)
+        if trainer.global_step == 0 and not self.fingerprints:
+            self.fingerprints.append(batch_fingerprint(batch))
             self.threads = torch.get_num_threads()
         if trainer.global_step == self.warmup:
             self.t0 = time.perf_counter()
@@ -237,6 +283,8 @@ class StepTimer(Callback):
             self.losses.append(float(outputs["loss"]))
         if trainer.global_step == self.warmup + self.steps:
             self.t1 = time.perf_counter()
+            self.fingerprints.append(batch_fingerprint(batch))
+            self.final_loss = float(outputs["loss"])
 
 
 class CaloVAENoLog(CaloVAE):
@@ -247,8 +295,17 @@ class CaloVAENoLog(CaloVAE):
         return terms["recon"] + self.beta() * terms["kl_floored"]
 
 
-def trainer_loop(models: Models, loader, seed: int, warmup: int, steps: int, variant: str = "bare") -> dict:
+def trainer_loop(
+    models: Models,
+    dataset: ArrayDictDataset,
+    batch_size: int,
+    seed: int,
+    warmup: int,
+    steps: int,
+    variant: str = "bare",
+) -> dict:
     """The same training under lightning.Trainer; ``variant``: bare | rich (bar + default logger) | nolog."""
+    loader = train_loader(dataset, batch_size)
     model = models.new(CaloVAENoLog if variant == "nolog" else None)
     timer = StepTimer(warmup, steps)
     with tempfile.TemporaryDirectory(prefix="hepgen-bench-") as root:
@@ -273,14 +330,17 @@ def trainer_loop(models: Models, loader, seed: int, warmup: int, steps: int, var
         torch.manual_seed(seed)
         trainer.fit(model, train_dataloaders=loader)
         logger_name = type(trainer.logger).__name__ if trainer.logger is not None else "none"
+        log_every = trainer.log_every_n_steps
     if timer.t0 is None or timer.t1 is None:
         raise RuntimeError(f"Trainer stopped after {trainer.global_step} steps; expected {warmup + steps}.")
     return {
         "step_s": (timer.t1 - timer.t0) / steps,
         "losses": timer.losses,
-        "fingerprint": timer.fingerprint,
+        "final_loss": timer.final_loss,
+        "fingerprints": tuple(timer.fingerprints),
         "threads": timer.threads,
         "logger": logger_name,
+        "log_every_n_steps": log_every,
     }
 
 
@@ -319,8 +379,12 @@ def verdict(ok: bool) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="CaloVAE config (model init_args, batch size, seed)")
-    parser.add_argument("--events", type=int, default=None, help="training events (default: the config's training split)")
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="CaloVAE config (model init_args, batch size, seed)"
+    )
+    parser.add_argument(
+        "--events", type=int, default=None, help="training events (default: the config's training split)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the config's)")
     parser.add_argument("--steps", type=int, default=300, help="timed training steps per run")
     parser.add_argument("--warmup", type=int, default=20, help="untimed training steps before the timed ones")
@@ -350,8 +414,12 @@ def main(argv: list[str] | None = None) -> None:
     machine = f"{cpu_model()}, {cores} cores, torch {torch.__version__}, {threads} threads"
     print("# hepgen benchmark: CaloVAE on CPU")
     print(f"machine : {cpu_model()} | {cores} usable cores ({os.cpu_count()} logical) | {platform.platform()}")
-    print(f"software: python {platform.python_version()} | torch {torch.__version__} | lightning {lightning.__version__}")
+    print(
+        f"software: python {platform.python_version()} | torch {torch.__version__} | lightning {lightning.__version__}"
+    )
     print(f"threads : torch.set_num_threads({threads}) -> {torch.get_num_threads()} intra-op threads")
+    load_start = load_average()
+    print(f"load    : {format_load(load_start)} (1/5/15 min) at start; timings need an otherwise idle machine")
     print(f"config  : {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}")
     model_desc = {k: v for k, v in cfg["model_args"].items() if k not in ("optimizer", "lr_scheduler")}
     print(f"model   : CaloVAE({', '.join(f'{k}={v}' for k, v in model_desc.items())})")
@@ -366,33 +434,42 @@ def main(argv: list[str] | None = None) -> None:
     rss_after_data = peak_rss_mib()
 
     dataset = ArrayDictDataset(tensors)
-    loader = train_loader(dataset, batch_size)
     models = Models(CaloVAE, cfg["model_args"], tensors, seed)
     n_params = sum(p.numel() for p in models.new().parameters())
     print(f"params  : {n_params:,}")
+    rss_before_training = peak_rss_mib()
+    # From here on ru_maxrss is the peak of the training part alone (when the kernel allows the reset).
+    peak_was_reset = reset_peak_rss()
 
     # --- 2. training: plain loop vs Trainer, alternating --------------------------------------
-    print(f"\n## Training step time ({args.warmup} warm-up + {args.steps} timed steps, {args.repeats} alternating repeats)")
+    print(
+        f"\n## Training step time ({args.warmup} warm-up + {args.steps} timed steps, "
+        f"{args.repeats} alternating repeats)"
+    )
     plain, bare = [], []
     for r in range(args.repeats):
-        plain.append(plain_loop(models, loader, seed, args.warmup, args.steps))
+        plain.append(plain_loop(models, dataset, batch_size, seed, args.warmup, args.steps))
         print(f"  repeat {r + 1}: plain   {plain[-1]['step_s'] * 1e3:8.2f} ms/step")
-        bare.append(trainer_loop(models, loader, seed, args.warmup, args.steps, "bare"))
+        bare.append(trainer_loop(models, dataset, batch_size, seed, args.warmup, args.steps, "bare"))
         print(f"  repeat {r + 1}: Trainer {bare[-1]['step_s'] * 1e3:8.2f} ms/step")
-    rich = trainer_loop(models, loader, seed, args.warmup, args.steps, "rich")
+    rich = trainer_loop(models, dataset, batch_size, seed, args.warmup, args.steps, "rich")
     print(f"  Trainer + RichProgressBar + {rich['logger']}: {rich['step_s'] * 1e3:8.2f} ms/step")
-    nolog = trainer_loop(models, loader, seed, args.warmup, args.steps, "nolog")
+    nolog = trainer_loop(models, dataset, batch_size, seed, args.warmup, args.steps, "nolog")
     print(f"  Trainer, training_step without self.log: {nolog['step_s'] * 1e3:8.2f} ms/step")
-    rss_after_training = peak_rss_mib()
+    rss_training = peak_rss_mib()
+    rss_after_training = max(rss_before_training, rss_training)
 
-    same_batches = len({run["fingerprint"] for run in plain + bare + [rich, nolog]}) == 1
-    loss_diff = max(abs(a - b) for run in bare + [rich, nolog] for a, b in zip(plain[0]["losses"], run["losses"]))
-    wrong_threads = [run["threads"] for run in plain + bare + [rich, nolog] if run["threads"] != threads]
+    runs = plain + bare + [rich, nolog]
+    same_batches = len({run["fingerprints"] for run in runs}) == 1
+    loss_diff = max(abs(a - b) for run in runs for a, b in zip(plain[0]["losses"], run["losses"]))
+    final_diff = max(abs(run["final_loss"] - plain[0]["final_loss"]) for run in runs)
+    wrong_threads = [run["threads"] for run in runs if run["threads"] != threads]
     plain_ms = statistics.median(r["step_s"] for r in plain) * 1e3
     bare_ms = statistics.median(r["step_s"] for r in bare) * 1e3
     ratio = bare_ms / plain_ms
-    print(f"  same first batch in every run: {'yes' if same_batches else 'NO'}; "
-          f"first {CHECK_STEPS} losses, max |Trainer - plain| = {loss_diff:.2e}"
+    print(f"  check: same first and last batch in every run: {'yes' if same_batches else 'NO'} "
+          f"({runs[0]['epochs']} epochs); max |loss - plain| over the first {CHECK_STEPS} steps: {loss_diff:.2e}, "
+          f"at the last step: {final_diff:.2e}"
           + (f"; WARNING: runs used {wrong_threads} threads" if wrong_threads else ""))
 
     # --- 1. generation ------------------------------------------------------------------------
@@ -403,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     rss_end = peak_rss_mib()
 
     # --- report -------------------------------------------------------------------------------
-    print(f"\n## 1. Generation (CaloVAE.generate, {threads} threads, untrained weights: cost does not depend on them)")
+    print(f"\n## 1. Generation (CaloVAE.generate, {threads} threads; untrained weights: cost does not depend on them)")
     print(f"  throughput at batch {GEN_BATCH:,}: {rate_mean:,.0f} ± {rate_std:,.0f} showers/s "
           f"(mean ± std of {args.gen_repeats} repeats after 2 warm-up calls)   "
           f"goal >= {GOAL_SHOWERS_PER_S:,} showers/s on 2 CPU cores: {verdict(rate_mean >= GOAL_SHOWERS_PER_S)}")
@@ -415,22 +492,37 @@ def main(argv: list[str] | None = None) -> None:
         print(f"    batch {batch:>6,}: {m:.4f} ± {s:.4f} ms/shower "
               f"({PROTOCOL_CALLS[batch]} call(s) per repeat, {args.gen_repeats} repeats)")
 
-    print(f"\n## 2. Trainer overhead (batch {batch_size}, {events} events, {args.steps} timed steps, median of {args.repeats})")
+    print(
+        f"\n## 2. Trainer overhead (batch {batch_size}, {events} events, {args.steps} timed steps, "
+        f"median of {args.repeats})"
+    )
     print(f"  plain PyTorch loop          : {plain_ms:8.2f} ms/step  ({_ms_list(plain)})")
     print(f"  lightning.Trainer           : {bare_ms:8.2f} ms/step  ({_ms_list(bare)})")
-    print(f"  ratio Trainer / plain       : {ratio:8.3f}  (+{bare_ms - plain_ms:.2f} ms/step)   "
+    print(f"  ratio Trainer / plain       : {ratio:8.3f}  ({bare_ms - plain_ms:+.2f} ms/step)   "
           f"goal <= {GOAL_TRAINER_RATIO}: {verdict(ratio <= GOAL_TRAINER_RATIO)}")
-    print(f"  Trainer + RichProgressBar + default logger ({rich['logger']}, log_every_n_steps=50): "
+    print(f"  Trainer + RichProgressBar + default logger ({rich['logger']}, "
+          f"log_every_n_steps={rich['log_every_n_steps']}): "
           f"{rich['step_s'] * 1e3:.2f} ms/step, ratio {rich['step_s'] * 1e3 / plain_ms:.3f} (single run)")
     print(f"  Trainer, training_step without self.log (diagnostic): "
           f"{nolog['step_s'] * 1e3:.2f} ms/step, ratio {nolog['step_s'] * 1e3 / plain_ms:.3f} (single run)")
 
-    print("\n## 3. Memory (ru_maxrss = peak RSS of the whole process, not of training alone)")
+    print("\n## 3. Memory (ru_maxrss: peak RSS of the whole process, i.e. Python, torch, lightning and data)")
     print(f"  training data in memory     : {data_bytes / 2**20:8.1f} MiB ({data_bytes / events:.0f} bytes/event)")
     print(f"  peak RSS after imports      : {rss_start:8.1f} MiB")
     print(f"  peak RSS after making data  : {rss_after_data:8.1f} MiB (includes the shower simulation)")
-    print(f"  peak RSS after training     : {rss_after_training:8.1f} MiB")
-    print(f"  peak RSS after generation   : {rss_end:8.1f} MiB (current RSS {current_rss_mib():.1f} MiB)")
+    if peak_was_reset:
+        print(f"  peak RSS during training    : {rss_training:8.1f} MiB (high-water mark reset before training)")
+    print(f"  peak RSS after training     : {rss_after_training:8.1f} MiB (process peak so far)")
+    if peak_was_reset:
+        print(f"  peak RSS, training + generation: {rss_end:5.1f} MiB (current RSS {current_rss_mib():.1f} MiB)")
+    else:
+        print(f"  peak RSS after generation   : {rss_end:8.1f} MiB (current RSS {current_rss_mib():.1f} MiB)")
+
+    # This benchmark itself keeps about `threads` cores busy; more than that means other work.
+    load_end = load_average()
+    print(f"\nload average at the end: {format_load(load_end)} (1/5/15 min)")
+    if (load_start and load_start[0] > 0.5 * cores) or (load_end and load_end[0] > threads + 0.5 * cores):
+        print("WARNING: the machine was busy during the benchmark; the timings above are not reliable.")
 
     rows = [
         (f"generation throughput, batch {GEN_BATCH:,}", f"{rate_mean:,.0f} ± {rate_std:,.0f} showers/s",
@@ -443,8 +535,10 @@ def main(argv: list[str] | None = None) -> None:
          f"{ratio:.3f} (goal ≤ {GOAL_TRAINER_RATIO})"),
         ("training step, Trainer + rich bar + logger", f"{rich['step_s'] * 1e3:.2f} ms",
          f"plain PyTorch loop {plain_ms:.2f} ms", f"{rich['step_s'] * 1e3 / plain_ms:.3f}"),
-        ("peak RSS after training (process)", f"{rss_after_training:.0f} MiB",
-         f"training data {data_bytes / 2**20:.0f} MiB ({events:,} events)", "—"),
+        ("peak RSS of the process (ru_maxrss)",
+         (f"training {rss_training:.0f} MiB; with data making {rss_after_training:.0f} MiB" if peak_was_reset
+          else f"{rss_after_training:.0f} MiB after training"),
+         f"training data {data_bytes / 2**20:.0f} MiB ({events:,} events); imports alone {rss_start:.0f} MiB", "—"),
     ]
     print("\n## README table\n")
     print("| quantity | hepgen | reference | ratio/goal | machine |")

@@ -96,11 +96,15 @@ class CaloMetrics(PhysicsMetric):
 class CaloGANWriter(BasePredictionWriter):
     """Write ``predict`` output as a CaloGAN HDF5 file in ``<run dir>/predictions/``.
 
-    The file is ``showers.hdf5`` (``showers.1.hdf5``, ... if that exists: nothing is overwritten)
-    and holds the incident energies and generated cells in MeV, readable by CaloGANDataModule.
+    The file is ``<particle>.hdf5`` (the datamodule's ``predict_particle``; ``<particle>.1.hdf5``,
+    ... if that exists: nothing is overwritten) and holds the incident energies and generated
+    cells in MeV, so ``CaloGANDataModule(data_dir=<run dir>/predictions)`` reads it back.
+
+    Args:
+        filename: the file name instead of ``<particle>.hdf5``.
     """
 
-    def __init__(self, filename: str = "showers.hdf5") -> None:
+    def __init__(self, filename: str | None = None) -> None:
         super().__init__(write_interval="epoch")
         self.filename = filename
 
@@ -113,8 +117,10 @@ class CaloGANWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         folder = Path(trainer.default_root_dir) / "predictions"
-        stem, suffix = Path(self.filename).stem, Path(self.filename).suffix
-        path, n = folder / self.filename, 0
+        particle = getattr(trainer.datamodule, "predict_particle", "showers")
+        filename = Path(self.filename or f"{particle}.hdf5")
+        stem, suffix = filename.stem, filename.suffix
+        path, n = folder / filename, 0
         while path.exists():
             n += 1
             path = folder / f"{stem}.{n}{suffix}"

@@ -105,3 +105,11 @@ def test_nan_counts_against_a_sample(rng):
     b[:100] = np.nan  # 10 % of b is unusable
     assert ks_statistic(a, b) == pytest.approx(0.1, abs=0.01)
     assert separation_power(a, b) > 0.05
+
+
+def test_auc_trains_inside_inference_mode():
+    """Lightning's test loop runs callbacks under inference mode; the classifier must still train."""
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        auc = two_sample_auc(rng.normal(0, 1, (600, 1)), rng.normal(2, 1, (600, 1)), epochs=5)
+    assert auc > 0.8

@@ -146,23 +146,17 @@ def two_sample_auc(
     (x_train, y_train), (x_test, y_test) = _balanced_split(x_ref, x_gen, test_fraction, rng)
     x_train, x_test = _standardise(x_train, x_test)
 
-    generator = torch.Generator().manual_seed(seed)
-    # nn.Linear draws its initial weights from the global generator: fork it so the caller's
-    # RNG stream is restored afterwards, and seed the fork for reproducibility.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _mlp(x_train.shape[1], hidden)
-    with _single_thread():
-        _train(
-            model,
-            torch.from_numpy(x_train),
-            torch.from_numpy(y_train),
-            epochs,
-            batch_size,
-            lr,
-            generator,
-        )
-        model.eval()
-        with torch.no_grad():
-            scores = model(torch.from_numpy(x_test)).squeeze(1)
+    # Callers may sit inside Lightning's test loop, which runs under inference mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        generator = torch.Generator().manual_seed(seed)
+        # nn.Linear draws its initial weights from the global generator: fork it so the caller's
+        # RNG stream is restored afterwards, and seed the fork for reproducibility.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _mlp(x_train.shape[1], hidden)
+        with _single_thread():
+            _train(model, torch.from_numpy(x_train), torch.from_numpy(y_train), epochs, batch_size, lr, generator)
+            model.eval()
+            with torch.no_grad():
+                scores = model(torch.from_numpy(x_test)).squeeze(1)
     return float(binary_auroc(scores, torch.from_numpy(y_test).long()))

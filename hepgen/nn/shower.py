@@ -80,9 +80,9 @@ class ShowerRepresentation(nn.Module):
         return torch.where(total > 0, x / total.clamp_min(1e-30), torch.zeros_like(x))
 
     @staticmethod
-    def shape_features(x: torch.Tensor) -> torch.Tensor:
-        """Encoder input per cell: sharing fractions on a log scale in [0, 1]."""
-        return torch.log1p(1000.0 * ShowerRepresentation.sharing_fractions(x)) / math.log(1001.0)
+    def shape_features(sharing: torch.Tensor) -> torch.Tensor:
+        """Encoder input per cell: the sharing fractions (B, n_l) on a log scale in [0, 1]."""
+        return torch.log1p(1000.0 * sharing) / math.log(1001.0)
 
 
 class LayerwiseEncoder(nn.Module):

@@ -115,7 +115,9 @@ MAX_EM_SPOTS = 1000
 CONSTANT_TERM = 0.01
 
 # ---------------------------------------------------------------- far field (soft photons)
-#: Far-field deposits per GeV of EM shower energy (Compton electrons of soft photons).
+#: Far-field deposits per GeV of EM shower energy (Compton electrons of soft photons); with
+#: 0.3 MeV each they carry 3.9 % of the shower energy. Tuned so that e+ light up ≈ 266 of the
+#: 504 cells on average over 1-100 GeV, as in the real CaloGAN e+ file.
 FAR_PER_GEV = 130.0
 #: Mean energy of one far-field deposit, MeV (deposits are Exp-distributed).
 FAR_ENERGY_MEV = 0.3
@@ -132,7 +134,8 @@ LAMBDA_INT_MM = 1.0 / ((1 / 3) / 175.9 + (2 / 3) / 857.7)
 MIP_DEDX_MEV_PER_MM = (2 * 1.274 + 4 * 0.2117) / 6
 #: The MIP track is laid down as this many equal segments over the full depth.
 MIP_SEGMENTS = 24
-#: Landau-like spread of one MIP segment: Gamma weights of this shape (relative σ = 50 %).
+#: Spread of one MIP segment's loss: Gamma weights of this shape (relative σ = 50 %), a skewed
+#: stand-in for the Landau distribution.
 MIP_WEIGHT_SHAPE = 4.0
 #: Groom's mean EM fraction ⟨f_em⟩ = 1 - (E/E_0)^(k-1) and the Beta concentration of f_em.
 EM_FRACTION_E0_GEV = 1.0
@@ -154,7 +157,8 @@ HADRON_QUANTUM_GEV = 0.030
 MAX_HADRON_SPOTS = 600
 
 # ---------------------------------------------------------------- output
-#: Cells below this energy are set to exactly 0, MeV (keeps lone Compton electrons' tails out).
+#: Cells below this energy are set to exactly 0, MeV: a readout threshold. It removes the
+#: faintest far-field cells (a lone Exp(0.3 MeV) deposit falls below it 28 % of the time).
 ZERO_SUPPRESSION_MEV = 0.1
 #: Events per chunk; fixed, so the showers of a seed never depend on how the work is split.
 CHUNK_EVENTS = 2000
@@ -180,12 +184,12 @@ class Spots(NamedTuple):
 class FarField(NamedTuple):
     """Per-event description of the soft-photon far field, all of shape (n,).
 
-    ``mean_count``: expected number of deposits; ``shape``: a of the depth profile
+    ``mean_count``: expected number of deposits; ``profile_a``: a of the depth profile
     dE/dt ∝ t^(a-1) e^(-b_far t); ``z_start``: where the profile starts (mm).
     """
 
     mean_count: np.ndarray
-    shape: np.ndarray
+    profile_a: np.ndarray
     z_start: np.ndarray
 
 
@@ -208,8 +212,9 @@ def _quantised_energies(
     """Split each event's energy into spots with Poisson-like sampling fluctuations.
 
     Event i gets n_i = min(ceil(E_i/q), max_spots) spots of energy (E_i/n_i)·w, w ~ Gamma(k_i, 1/k_i)
-    with k_i = E_i/(q n_i) ≥ 1 above the cap. Then E[Σ] = E_i and Var[Σ] = q·E_i, i.e. the
-    fluctuation of E_i/q independent quanta, while the number of spots stays bounded.
+    with k_i = E_i/(q n_i): ≈ 1 (exponential weights) below the cap, > 1 above it. Then
+    E[Σ] = E_i and Var[Σ] = n_i (E_i/n_i)²/k_i = q·E_i, the fluctuation of E_i/q independent
+    quanta, while the number of spots stays bounded.
 
     Args:
         energy_gev: (n,) energy to share out per event, GeV (0 gives no spots).
@@ -263,7 +268,8 @@ def _em_lateral(rng: np.random.Generator, tau: np.ndarray) -> np.ndarray:
     """EM radii (mm) at relative depth τ = t/t_max (S,).
 
     The core (multiple scattering of the energetic electrons) and the halo (soft photons)
-    both widen with depth, and the halo takes over past the maximum.
+    both widen with depth, and the halo takes over past the maximum. These numbers put 90 % of
+    the spot energy within 1.0-1.3 R_M (wider at low energy), 95 % within 1.6-2 R_M.
     """
     r_core = SPOT_DTYPE(MOLIERE_RADIUS_MM) * (SPOT_DTYPE(0.05) + SPOT_DTYPE(0.10) * tau)
     r_halo = SPOT_DTYPE(MOLIERE_RADIUS_MM) * (SPOT_DTYPE(0.50) + SPOT_DTYPE(0.20) * tau)
@@ -402,8 +408,8 @@ def _far_field(rng: np.random.Generator, far: FarField, impact: np.ndarray) -> n
     the lateral mass outside the readout goes to the overflow, the depth beyond the block is lost.
     """
     depth_x0 = np.maximum(LAYER_EDGES_MM[None, :] - far.z_start[:, None], 0.0) / X0_EFFECTIVE_MM
-    layer_fraction = np.diff(gammainc(far.shape[:, None], FAR_SLOPE_B * depth_x0), axis=1)
-    mean = np.empty((len(far.shape), N_BINS))
+    layer_fraction = np.diff(gammainc(far.profile_a[:, None], FAR_SLOPE_B * depth_x0), axis=1)
+    mean = np.empty((len(far.profile_a), N_BINS))
     start = 0
     for layer, key in enumerate(LAYER_KEYS):
         rows, cols = LAYER_SHAPES[key]
