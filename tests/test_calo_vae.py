@@ -102,7 +102,10 @@ def test_statistics_are_fitted_once_and_saved(calogan_dir, tmp_path):
     assert bool(state["representation.fitted"])
     model = CaloVAE.load_from_checkpoint(ckpt)
     saved_mean = model.representation.y_mean.clone()
-    model.on_fit_start()  # a fitted model never refits, whatever data it later sees
+    # a fitted model never refits, whatever data it later sees
+    other = CaloGANDataModule(data_dir=str(tmp_path / "other"), source="made", made_events=300, made_seed=5)
+    Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False).fit(model, other)
     assert torch.equal(model.representation.y_mean, saved_mean)
 
 

@@ -78,7 +78,12 @@ class CaloVAE(LightningModule):
         return condition_features(batch["energy"], particle, self.hparams.num_particles)
 
     def on_fit_start(self) -> None:
-        data = self.trainer.datamodule.datasets["train"].tensors
+        datamodule = self.trainer.datamodule
+        if datamodule is None:  # plain dataloaders: the caller fits the representation
+            if not bool(self.representation.fitted):
+                raise RuntimeError("CaloVAE without a datamodule: call model.representation.fit(...) first.")
+            return
+        data = datamodule.datasets["train"].tensors
         n_data = int(data["particle"].max()) + 1
         if n_data > self.hparams.num_particles:
             raise ValueError(
