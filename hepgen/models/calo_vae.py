@@ -146,17 +146,18 @@ class CaloVAE(LightningModule):
             self.log_dict({"train/loss": loss, "train/kl": terms["kl"], "train/beta": beta}, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # A fixed noise stream per batch: validation numbers are reproducible and do not disturb
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
+        # A fixed noise stream per batch: evaluation numbers are reproducible and do not disturb
         # the global random state (which exact resume relies on).
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         terms = self.losses(batch, generator)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=len(batch["energy"]), sync_dist=True)
+        self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=len(batch["energy"]), sync_dist=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        terms = self.losses(batch, generator)
-        self.log_dict({f"test/{k}": v for k, v in terms.items()}, batch_size=len(batch["energy"]), sync_dist=True)
+        self._evaluate(batch, batch_idx, "test")
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
