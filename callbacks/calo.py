@@ -13,6 +13,7 @@ from hepgen.io.calogan import write_calogan
 from hepgen.metrics.classifier import two_sample_auc
 from hepgen.metrics.distributions import ks_statistic, separation_power
 from hepgen.physics.calo_geometry import LAYER_KEYS
+from hepgen.run import next_free_path
 from hepgen.physics.calo_observables import OBSERVABLE_NAMES, compute_observables
 from hepgen.plotting import histogram_overlays, mean_shower_images, response_vs_energy
 
@@ -116,13 +117,8 @@ class CaloGANWriter(BasePredictionWriter):
             local = {k: np.concatenate([p[k] for p in parts]) for k in local}
         if not trainer.is_global_zero:
             return
-        folder = Path(trainer.default_root_dir) / "predictions"
         particle = getattr(trainer.datamodule, "predict_particle", "showers")
-        filename = Path(self.filename or f"{particle}.hdf5")
-        stem, suffix = filename.stem, filename.suffix
-        path, n = folder / filename, 0
-        while path.exists():
-            n += 1
-            path = folder / f"{stem}.{n}{suffix}"
+        filename = self.filename or f"{particle}.hdf5"
+        path = next_free_path(Path(trainer.default_root_dir) / "predictions" / filename)
         write_calogan(path, local, attrs={"hepgen_generated_by": type(pl_module).__name__})
         print(f"hepgen: wrote {len(local['energy'])} generated showers to {path}")

@@ -171,14 +171,24 @@ def resolve_ckpt_path(run_dir: Path, ckpt_path: str | None, subcommand: str) -> 
         if not Path(ckpt_path).is_file():
             raise RunDirectoryError(f"--ckpt_path {ckpt_path}: no such checkpoint file.")
         return ckpt_path
-    if subcommand == "fit" and newest_checkpoint(run_dir) is not None:
+    existing = newest_checkpoint(run_dir) if subcommand == "fit" else None
+    if existing is not None:
         if int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
-            return str(newest_checkpoint(run_dir))  # requeued job: continue where it stopped
+            return str(existing)  # requeued job: continue where it stopped
         raise RunDirectoryError(
             f"{run_dir} already holds checkpoints; starting again there would overwrite them. "
             f"Resume with --ckpt_path last, or start a new run with another --run.version."
         )
     return None
+
+
+def next_free_path(path: Path) -> Path:
+    """``path`` if it does not exist, else ``<stem>.1<suffix>``, ``<stem>.2<suffix>``, ... (never overwrite)."""
+    candidate, n = Path(path), 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+    return candidate
 
 
 def _wandb_key_available() -> bool:
@@ -251,11 +261,7 @@ class RunConfigSaver(SaveConfigCallback):
     """
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        run_dir = Path(trainer.default_root_dir)
-        path, n = run_dir / "config.yaml", 0
-        while path.exists():
-            n += 1
-            path = run_dir / f"config.{n}.yaml"
+        path = next_free_path(Path(trainer.default_root_dir) / "config.yaml")
         self.parser.save(self.config, path, multifile=False)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
