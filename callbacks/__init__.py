@@ -1,7 +1,16 @@
 """Callbacks: physics metrics (one per metric family), writers, and run plumbing."""
 
+from callbacks.aidapt import AIDAPTMetrics, AIDAPTWriter, GANMonitor
 from callbacks.base import PhysicsMetric
 from callbacks.calo import CaloGANWriter, CaloMetrics
 from callbacks.reproducibility import RNGStateCheckpoint
 
-__all__ = ["CaloGANWriter", "CaloMetrics", "PhysicsMetric", "RNGStateCheckpoint"]
+__all__ = [
+    "AIDAPTMetrics",
+    "AIDAPTWriter",
+    "CaloGANWriter",
+    "CaloMetrics",
+    "GANMonitor",
+    "PhysicsMetric",
+    "RNGStateCheckpoint",
+]

@@ -292,3 +292,63 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     if pyplot is not None:
         pyplot.close(fig)
     return path
+
+
+def metric_history(
+    epochs: Sequence[float],
+    series: dict[str, Sequence[float]],
+    ylabel: str,
+    title: str | None = None,
+    log: bool = False,
+    reference_lines: dict[str, float] | None = None,
+) -> Figure:
+    """Curves of one or more metrics against the epoch, e.g. chi2 per variable or D accuracy.
+
+    Args:
+        epochs: x values, (T,).
+        series: ``{legend label: (T,) values}``; NaN leaves a gap (a metric not computed then).
+        ylabel: y-axis label.
+        title: axes title.
+        log: logarithmic y axis.
+        reference_lines: ``{label: y}`` horizontal dashed lines (a target or a floor).
+    """
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for label, values in series.items():
+        ax.plot(epochs, values, marker=".", markersize=3, label=label)
+    for label, y in (reference_lines or {}).items():
+        ax.axhline(y, linestyle="--", color="gray", linewidth=1)
+        ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize="small", color="gray")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if series:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def metric_panels(
+    epochs: Sequence[float], panels: dict[str, Sequence[float]], ylabel: str, title: str | None = None, log: bool = True
+) -> Figure:
+    """One small panel per metric against the epoch (e.g. the gradient norm of every layer)."""
+    if not panels:
+        raise ValueError("no metric to plot")
+    ncols = min(GRID_COLUMNS, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(3.4 * ncols, 2.6 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (name, values) in zip(axes, panels.items()):
+        ax.plot(epochs, values)
+        ax.set_title(name, fontsize="small")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if log and np.nanmin(np.asarray(values, dtype=float), initial=np.inf) > 0:
+            ax.set_yscale("log")
+    for ax in axes[len(panels) :]:
+        fig.delaxes(ax)
+    if title:
+        fig.suptitle(title)
+    return fig

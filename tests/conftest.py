@@ -41,3 +41,45 @@ def tiny_args(subcommand: str, data_dir: Path, root: Path, *extra: str) -> list[
         "--run.root", str(root), "--run.experiment", "tiny",
         *extra,
     ]
+
+
+#: Generated events per made A(i)DAPT sample in tests (47% of ps, 23% of realistic are accepted).
+AIDAPT_EVENTS = 20_000
+
+
+@pytest.fixture(scope="session")
+def aidapt_dir(tmp_path_factory) -> Path:
+    """A folder with made ``ps_*`` and ``realistic_*`` A(i)DAPT files (4 per level)."""
+    from hepgen.synth.aidapt import make_aidapt
+
+    folder = tmp_path_factory.mktemp("aidapt")
+    make_aidapt(folder, events=AIDAPT_EVENTS, seed=0, samples=("ps", "realistic"), n_files=4, progress=False)
+    return folder
+
+
+def tiny_folding_gan(**overrides):
+    """A FoldingGAN with small networks (seconds per epoch on the test data)."""
+    from hepgen.models.aidapt import FoldingGAN
+
+    settings = dict(noise_dim=8, generator_widths=(32, 32), discriminator_widths=(32, 16), residual_scale=10.0)
+    settings.update(overrides)
+    return FoldingGAN(**settings)
+
+
+@pytest.fixture(scope="session")
+def folding_ckpt(aidapt_dir, tmp_path_factory) -> Path:
+    """A FoldingGAN checkpoint trained for a few steps on the made phase-space events."""
+    import lightning as L
+
+    from datamodules.aidapt import AIDAPTDataModule
+
+    folder = tmp_path_factory.mktemp("folding")
+    data = AIDAPTDataModule(data_dir=str(aidapt_dir), source="made", made_events=AIDAPT_EVENTS, batch_size=2000)
+    trainer = L.Trainer(
+        max_steps=12, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, accelerator="cpu", default_root_dir=folder, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(tiny_folding_gan(), data)
+    path = folder / "folding.ckpt"
+    trainer.save_checkpoint(path)
+    return path

@@ -5,31 +5,50 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hepgen.cli import main
-from tests.conftest import ROOT
+from tests.conftest import AIDAPT_EVENTS, ROOT
 
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
 
 
 def test_there_are_experiments():
-    assert any(p.parent.name == "calo_vae" for p in EXPERIMENTS)
+    families = {p.parent.name for p in EXPERIMENTS}
+    assert {"calo_vae", "aidapt"} <= families
+
+
+def _data_overrides(config: Path, request) -> tuple[list[str], str]:
+    """Arguments pointing a config at the session's made data, and the predictions glob.
+
+    Real-data configs read the made files in the real format, through the real loading code.
+    """
+    spec = yaml.safe_load(config.read_text())
+    data_class = spec["data"]["class_path"]
+    if data_class == "CaloGANDataModule":
+        folder = request.getfixturevalue("calogan_dir")
+        args = ["--data.init_args.made_events", "600", "--data.init_args.predict_events", "64"]
+        return ["--data.init_args.data_dir", str(folder), *args], "predictions/*.hdf5"
+    if data_class == "AIDAPTDataModule":
+        folder = request.getfixturevalue("aidapt_dir")
+        args = ["--data.init_args.data_dir", str(folder), "--data.init_args.made_events", str(AIDAPT_EVENTS)]
+        if spec["model"]["class_path"] == "UnfoldingGAN":
+            args += ["--model.init_args.folding_ckpt", str(request.getfixturevalue("folding_ckpt"))]
+        return args, "predictions/*.npy"
+    raise AssertionError(f"{config}: no made data for {data_class}; add it to this test")
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT / "experiments")))
-def test_experiment_runs(config: Path, calogan_dir, tmp_path):
-    # Real-data configs read the made files in the real format, through the real loading code.
+def test_experiment_runs(config: Path, request, tmp_path):
+    data_args, predictions = _data_overrides(config, request)
     common = [
         "-c", str(config),
-        "--data.init_args.data_dir", str(calogan_dir),
-        "--data.init_args.made_events", "600",
-        "--data.init_args.predict_events", "64",
+        *data_args,
         "--trainer.fast_dev_run", "1",
         "--trainer.accelerator", "cpu",
         "--run.root", str(tmp_path),
         "--run.version", "smoke",
-    ]
+    ]  # fmt: skip
     for subcommand in ("fit", "test", "predict"):
         main([subcommand, *common])
-    predictions = list((tmp_path).rglob("predictions/*.hdf5"))
-    assert predictions, "predict wrote no CaloGAN file"
+    assert list(tmp_path.rglob(predictions)), f"predict wrote no {predictions}"

@@ -22,12 +22,30 @@ def _make_calogan(out, events, seed, particles, progress=True):
     return make_calogan(out, events=events, seed=seed, particles=particles, progress=progress)
 
 
+def _make_aidapt(out, events, seed, samples, files, progress=True):
+    from hepgen.synth.aidapt import make_aidapt
+
+    return make_aidapt(out, events=events, seed=seed, samples=samples, n_files=files, progress=progress)
+
+
 MADE_DATASETS: dict[str, MadeDataset] = {
     "calogan": MadeDataset(
         "Calorimeter showers in the CaloGAN HDF5 format (<particle>.hdf5: layer_0/1/2 in MeV, "
         "energy in GeV, overflow), e+ / gamma / pi+ in the CaloGAN Pb/LAr geometry.",
         _make_calogan,
         {"--particles": {"nargs": "+", "default": ["eplus"], "choices": ["eplus", "gamma", "piplus"]}},
+    ),
+    "aidapt": MadeDataset(
+        "gamma p -> pi+ pi- p events (CLAS g11, E_gamma 3.0-3.8 GeV) in the A(i)DAPT 16-column .npy layout, "
+        "through a toy CLAS detector: <sample>_vertex_<k>.npy and <sample>_detector_<k>.npy (accepted events "
+        "only, row-paired, k < --files), <sample>_generated.npz (all generated events + accepted flag) and "
+        "<sample>_made.json, for samples ps (phase space) and realistic (rho/Delta mixture). "
+        "--events counts generated events per sample, before acceptance (the toy detector keeps about half of ps).",
+        _make_aidapt,
+        {
+            "--samples": {"nargs": "+", "default": ["ps", "realistic"], "choices": ["ps", "realistic"]},
+            "--files": {"type": int, "default": 4, "help": "vertex/detector file pairs per sample (default 4)"},
+        },
     ),
 }
 

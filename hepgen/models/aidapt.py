@@ -1,0 +1,426 @@
+"""A(i)DAPT conditional GANs for gamma p -> pi+ pi- p: detector folding (inner) and unfolding (outer).
+
+Both work on the four invariants (s_{p pi-}, s_{pi+ pi-}, t_{pi+}, alpha) of
+:func:`hepgen.physics.kinematics.lab_to_invariants`, min-max scaled to [-1, 1] by scalers that
+are fitted once, on the folding GAN's training data, and saved with its weights:
+
+* :class:`FoldingGAN` learns p(detector invariants | vertex invariants [, s]) from paired
+  phase-space events; it is a fast surrogate of the detector simulation.
+* :class:`UnfoldingGAN` learns the vertex-level distribution p(vertex invariants | s) whose
+  image under the frozen folding generator matches the measured detector-level events.
+
+The training step is the reference's (JLab ``tf_cgan_v0``): one fake batch, ``n_disc``
+discriminator updates on [fake; real] with noisy targets (0 + 0.05 U, 1 + 0.05 U), then one
+non-saturating generator update. Shapes: B events, scaled units unless stated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
+
+from hepgen.metrics.distributions import density_chi2
+from hepgen.nn.cgan import ConditionalDiscriminator, ConditionalGenerator
+from hepgen.nn.scaling import MinMaxScaler
+from hepgen.physics.kinematics import INVARIANT_NAMES
+
+BatchNormMode = Literal["batch", "frozen"]
+
+
+def reference_adam(params) -> torch.optim.Adam:
+    """The reference optimizer: Adam(lr 1e-5, beta_1 0.5) with Keras' epsilon 1e-7."""
+    return torch.optim.Adam(params, lr=1e-5, betas=(0.5, 0.999), eps=1e-7)
+
+
+class _AdversarialModule(LightningModule):
+    """The shared step, evaluation and scalers of the AIDAPT GANs.
+
+    Subclasses build ``generator``, ``discriminator`` and the scalers, and implement
+    :meth:`discriminator_label` (the condition D sees, scaled), :meth:`_real` (real samples D sees)
+    and :meth:`_fake` (a fresh generated batch in D's space).
+    """
+
+    automatic_optimization = False
+    monitor = "val/chi2"
+    monitor_mode = "min"
+
+    def __init__(self, optimizer_g: OptimizerCallable | None, optimizer_d: OptimizerCallable | None) -> None:
+        super().__init__()
+        self.optimizer_g_factory = optimizer_g or reference_adam
+        self.optimizer_d_factory = optimizer_d or reference_adam
+        self._val_generated: list[torch.Tensor] = []
+        self._val_real: list[torch.Tensor] = []
+        self._val_correct: list[torch.Tensor] = []
+
+    # --- what a subclass provides ----------------------------------------------------------
+    def discriminator_label(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _real(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _fake(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def critic(self, label: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """D's logits (B,) for samples x (B, 4) under the condition ``label`` (both scaled)."""
+        return self.discriminator(label, x)
+
+    def _noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn((n, self.hparams.noise_dim), generator=generator, device=self.device)
+
+    # --- training ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        # order matters: the gradient-norm callback and the step below take (G, D)
+        return [
+            self.optimizer_g_factory(self.generator.parameters()),
+            self.optimizer_d_factory(self.discriminator.parameters()),
+        ]
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        opt_g, opt_d = self.optimizers()
+        label = self.discriminator_label(batch)
+        real = self._real(batch)
+        n = len(real)
+        with torch.no_grad():
+            fake = self._fake(batch)
+        d_label = torch.cat([label, label])
+        samples = torch.cat([fake, real])
+        is_real = torch.cat([torch.zeros(n, device=self.device), torch.ones(n, device=self.device)])
+        # The reference's label noise shifts both classes up by U(0, 0.05): real targets exceed 1,
+        # which BCE on logits accepts (and which makes the D loss unbounded below).
+        targets = is_real + self.hparams.label_noise * torch.rand(2 * n, device=self.device)
+        # n_disc updates on the same fake batch and targets, as in the reference.
+        for _ in range(self.hparams.n_disc):
+            logits = self.critic(d_label, samples)
+            d_loss = F.binary_cross_entropy_with_logits(logits, targets)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_d.step()
+        # accuracy of the last D pass, taken before its update (the reference's disc_acc)
+        disc_acc = ((logits.detach() > 0) == (is_real > 0.5)).float().mean()
+
+        # G update: D's parameters are switched off, so no D weight gradients are computed.
+        self.toggle_optimizer(opt_g)
+        g_logits = self.critic(label, self._fake(batch))
+        g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+        self.log_dict(
+            {"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach(), "train/disc_acc": disc_acc},
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=n,
+        )
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "disc_acc": disc_acc}
+
+    # --- validation: the reference chi2 and D accuracy on held-out events ---------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_generated, self._val_real, self._val_correct = [], [], []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # A fixed noise stream per batch: comparable across epochs, and the global random state
+        # (which exact resume relies on) is not touched.
+        generator = torch.Generator(device=self.device).manual_seed(self.hparams.eval_seed + batch_idx)
+        label = self.discriminator_label(batch)
+        real, fake = self._real(batch), self._fake(batch, generator)
+        logits = self.critic(torch.cat([label, label]), torch.cat([fake, real]))
+        is_real = torch.cat([torch.zeros(len(real), device=self.device), torch.ones(len(real), device=self.device)])
+        self._val_correct.append(((logits > 0) == (is_real > 0.5)).cpu())
+        self._val_generated.append(fake.cpu())
+        self._val_real.append(real.cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_real:
+            return
+        generated = torch.cat(self._val_generated).double().numpy()
+        real = torch.cat(self._val_real).double().numpy()
+        chi2 = {name: density_chi2(generated[:, i], real[:, i]) for i, name in enumerate(INVARIANT_NAMES)}
+        values = {f"val/chi2/{name}": v for name, v in chi2.items()}
+        values["val/chi2"] = float(np.mean(list(chi2.values())))
+        values["val/disc_acc"] = torch.cat(self._val_correct).float().mean().item()
+        self.log_dict(values, prog_bar=False, sync_dist=True)
+        self._val_generated, self._val_real, self._val_correct = [], [], []
+
+
+class FoldingGAN(_AdversarialModule):
+    """Inner GAN: detector invariants = G(vertex invariants [, s], z); a learned detector.
+
+    Batches (physical units, from :class:`datamodules.aidapt.AIDAPTDataModule`):
+    ``vertex`` (B, 4) and ``detector`` (B, 4) invariants in (GeV^2, GeV^2, GeV^2, rad),
+    ``s_vertex`` (B, 1) GeV^2.
+
+    Args:
+        noise_dim: dimension of z (reference 100).
+        generator_widths: hidden widths of G (reference 128/256/512, BatchNorm after each).
+        discriminator_widths: hidden widths of D (reference 256/128/64).
+        condition_on_s: also condition on s (the reference does not; smearing depends on the
+            lab momenta, hence on s).
+        residual_scale: learn the migration instead of the detector value (``None``: the
+            reference's plain tanh output). G then outputs vertex + sigma * residual_scale *
+            tanh(...), a migration of at most ``residual_scale`` detector resolutions sigma
+            (per invariant, measured on the training pairs), and D also sees the migration
+            (detector - vertex) / sigma of every sample. A detector moves the invariants by a
+            few resolutions, 1e-2 of their range, which a D fed raw values barely resolves.
+        generator_bn: ``batch`` (BatchNorm with batch statistics in training, running ones in
+            evaluation) or ``frozen`` (always the running statistics, which never move from 0/1:
+            BN is then a learned affine map, exactly what the Keras reference does).
+        n_disc: discriminator updates per generator update (reference 5).
+        label_noise: U(0, label_noise) added to the 0/1 targets of D (reference 0.05).
+        optimizer_g, optimizer_d: optimizer factories (default: the reference Adam).
+        eval_seed: seed of the validation noise.
+    """
+
+    def __init__(
+        self,
+        noise_dim: int = 100,
+        generator_widths: Sequence[int] = (128, 256, 512),
+        discriminator_widths: Sequence[int] = (256, 128, 64),
+        condition_on_s: bool = False,
+        residual_scale: float | None = None,
+        generator_bn: BatchNormMode = "frozen",
+        n_disc: int = 5,
+        label_noise: float = 0.05,
+        optimizer_g: OptimizerCallable | None = None,
+        optimizer_d: OptimizerCallable | None = None,
+        eval_seed: int = 0,
+    ) -> None:
+        super().__init__(optimizer_g, optimizer_d)
+        if generator_bn not in ("batch", "frozen"):
+            raise ValueError(f"generator_bn={generator_bn!r}: choose 'batch' or 'frozen'.")
+        self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"])
+        n_inv = len(INVARIANT_NAMES)
+        label_dim = n_inv + int(condition_on_s)
+        self.generator = ConditionalGenerator(
+            label_dim, noise_dim, n_inv, generator_widths, batch_norm=True, residual_scale=residual_scale
+        )
+        critic_in = 2 * n_inv if residual_scale is not None else n_inv
+        self.discriminator = ConditionalDiscriminator(label_dim, critic_in, discriminator_widths)
+        self.v_scaler = MinMaxScaler(n_inv)
+        self.d_scaler = MinMaxScaler(n_inv)
+        self.s_scaler = MinMaxScaler(1)
+        # detector resolution per invariant in scaled units (fitted with the scalers)
+        self.register_buffer("resolution", torch.ones(n_inv))
+
+    # --- scalers: fitted once on the training split, then part of the checkpoint --------------
+    def on_fit_start(self) -> None:
+        if bool(self.v_scaler.fitted):
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise RuntimeError("FoldingGAN without a datamodule: call model.fit_scalers(vertex, detector, s) first.")
+        train = datamodule.datasets["train"].tensors
+        self.fit_scalers(train["vertex"], train["detector"], train["s_vertex"])
+
+    def fit_scalers(self, vertex: torch.Tensor, detector: torch.Tensor, s: torch.Tensor) -> None:
+        """Fit the three scalers on training events (physical units): (N, 4), (N, 4), (N, 1)."""
+        self.v_scaler.fit(vertex)
+        self.d_scaler.fit(detector)
+        self.s_scaler.fit(s)
+        vertex_scaled = self.v_scaler(vertex.to(self.resolution.device, torch.float32))
+        shift = self.d_scaler(detector.to(self.resolution.device, torch.float32)) - self._in_detector_units(vertex_scaled)
+        shift = _wrap_periodic(shift)
+        # a robust width (1.4826 * median absolute deviation): the few events far in the tails
+        # (mismeasured tracks) must not set the scale of the typical migration
+        mad = (shift - shift.median(0).values).abs().median(0).values
+        self.resolution.copy_((1.4826 * mad).clamp_min(1e-6))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.generator_bn == "frozen":
+            for layer in self.generator.modules():
+                if isinstance(layer, torch.nn.BatchNorm1d):
+                    layer.eval()
+        return self
+
+    # --- the conditional map in scaled units ----------------------------------------------------
+    def generator_label(self, vertex_scaled: torch.Tensor, s_scaled: torch.Tensor | None) -> torch.Tensor:
+        """G's condition: (B, 4) scaled vertex invariants, plus (B, 1) scaled s if conditioned on s."""
+        if not self.hparams.condition_on_s:
+            return vertex_scaled
+        if s_scaled is None:
+            raise ValueError("this FoldingGAN is conditioned on s: pass s")
+        return torch.cat([vertex_scaled, s_scaled], dim=1)
+
+    def fold_scaled(
+        self, vertex_scaled: torch.Tensor, s_scaled: torch.Tensor | None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Scaled vertex invariants (B, 4) [and s (B, 1)] -> scaled detector invariants (B, 4).
+
+        Differentiable in ``vertex_scaled`` (the unfolding GAN trains through it).
+        """
+        label = self.generator_label(vertex_scaled, s_scaled)
+        noise = self._noise(len(label), generator)
+        if self.hparams.residual_scale is None:
+            return self.generator(label, noise)
+        migration = self.generator(label, noise, torch.zeros_like(vertex_scaled))
+        return _wrap_periodic(self._in_detector_units(vertex_scaled) + self.resolution * migration)
+
+    def _in_detector_units(self, vertex_scaled: torch.Tensor) -> torch.Tensor:
+        """The same physical values expressed in the detector scaler's units (B, 4)."""
+        return self.d_scaler(self.v_scaler.inverse(vertex_scaled))
+
+    def critic(self, label: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.residual_scale is None:
+            return self.discriminator(label, x)
+        vertex_scaled = label[:, : len(INVARIANT_NAMES)]
+        migration = _wrap_periodic(x - self._in_detector_units(vertex_scaled)) / self.resolution
+        return self.discriminator(label, torch.cat([x, migration], dim=1))
+
+    @torch.no_grad()
+    def fold(self, vertex: torch.Tensor, s: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Physical vertex invariants (B, 4) at s (B, 1) GeV^2 -> generated detector invariants (B, 4)."""
+        vertex, s = vertex.to(self.device, torch.float32), s.to(self.device, torch.float32)
+        scaled = self.fold_scaled(self.v_scaler(vertex), self.s_scaler(s), generator)
+        return self.d_scaler.inverse(scaled)
+
+    # --- the adversarial step's pieces ----------------------------------------------------------
+    def discriminator_label(self, batch: dict) -> torch.Tensor:
+        return self.generator_label(self.v_scaler(batch["vertex"]), self.s_scaler(batch["s_vertex"]))
+
+    def _real(self, batch: dict) -> torch.Tensor:
+        return self.d_scaler(batch["detector"])
+
+    def _fake(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.fold_scaled(self.v_scaler(batch["vertex"]), self.s_scaler(batch["s_vertex"]), generator)
+
+    def evaluation_samples(self, batch: dict, generator: torch.Generator) -> dict[str, tuple]:
+        """For metric callbacks: ``{level: (reference, generated)}`` in physical units (B, 4)."""
+        generated = self.fold(batch["vertex"], batch["s_vertex"], generator)
+        return {"detector": (batch["detector"], generated)}
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        # global random stream: `--seed_everything` chooses the sample
+        detector = self.fold(batch["vertex"], batch["s_vertex"])
+        return {"invariants": detector, "s": batch["s_vertex"], "phi": batch["phi_vertex"], "level": "detector"}
+
+
+class UnfoldingGAN(_AdversarialModule):
+    """Outer GAN: vertex invariants = G(s, z), trained so that their folding matches the data.
+
+    The frozen generator of a trained :class:`FoldingGAN` (``folding_ckpt``) maps generated
+    vertex events to detector level with fresh noise; the discriminator compares (s, folded)
+    with (s, measured detector invariants). The generator's gradient flows through the frozen
+    folding generator, whose weights, BatchNorm statistics and scalers never change. The
+    folding GAN's scalers are used throughout: the unfolded events live in the space the
+    folding generator was trained in (the reference refits scalers here; hepgen never does).
+
+    Batches: ``detector`` (B, 4) and ``s_detector`` (B, 1) (the data), and, for the closure
+    metrics only, the true ``vertex`` (B, 4).
+
+    Args:
+        folding_ckpt: checkpoint of a trained :class:`FoldingGAN`.
+        noise_dim: dimension of z.
+        generator_widths: hidden widths of G (reference 16/32/64/128/256/512/1024, BatchNorm).
+        discriminator_widths: hidden widths of D (reference 1024/512/256/128/64/32/16).
+        n_disc: discriminator updates per generator update (reference 1).
+        label_noise: as in :class:`FoldingGAN`.
+        optimizer_g, optimizer_d: optimizer factories (default: the reference Adam).
+        eval_seed: seed of the validation noise.
+    """
+
+    def __init__(
+        self,
+        folding_ckpt: str,
+        noise_dim: int = 100,
+        generator_widths: Sequence[int] = (16, 32, 64, 128, 256, 512, 1024),
+        discriminator_widths: Sequence[int] = (1024, 512, 256, 128, 64, 32, 16),
+        n_disc: int = 1,
+        label_noise: float = 0.05,
+        optimizer_g: OptimizerCallable | None = None,
+        optimizer_d: OptimizerCallable | None = None,
+        eval_seed: int = 0,
+    ) -> None:
+        super().__init__(optimizer_g, optimizer_d)
+        self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"])
+        self.folding = load_folding_gan(folding_ckpt)
+        n_inv = len(INVARIANT_NAMES)
+        self.generator = ConditionalGenerator(1, noise_dim, n_inv, generator_widths, batch_norm=True)
+        self.discriminator = ConditionalDiscriminator(1, n_inv, discriminator_widths)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.folding.eval()  # frozen: running BatchNorm statistics, never updated
+        return self
+
+    @property
+    def v_scaler(self) -> MinMaxScaler:
+        return self.folding.v_scaler
+
+    @property
+    def d_scaler(self) -> MinMaxScaler:
+        return self.folding.d_scaler
+
+    @property
+    def s_scaler(self) -> MinMaxScaler:
+        return self.folding.s_scaler
+
+    def unfold_scaled(self, s_scaled: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled s (B, 1) -> generated scaled vertex invariants (B, 4)."""
+        return self.generator(s_scaled, self._noise(len(s_scaled), generator))
+
+    @torch.no_grad()
+    def unfold(self, s: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """s (B, 1) GeV^2 -> unfolded vertex invariants (B, 4), physical units."""
+        return self.v_scaler.inverse(self.unfold_scaled(self.s_scaler(s.to(self.device, torch.float32)), generator))
+
+    def discriminator_label(self, batch: dict) -> torch.Tensor:
+        return self.s_scaler(batch["s_detector"])
+
+    def _real(self, batch: dict) -> torch.Tensor:
+        return self.d_scaler(batch["detector"])
+
+    def _fake(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        s_scaled = self.s_scaler(batch["s_detector"])
+        vertex = self.unfold_scaled(s_scaled, generator)
+        return self.folding.fold_scaled(vertex, s_scaled, generator)
+
+    def evaluation_samples(self, batch: dict, generator: torch.Generator) -> dict[str, tuple]:
+        """``{"vertex": (true, unfolded), "detector": (measured, folded unfolded)}``, physical (B, 4)."""
+        with torch.no_grad():
+            s_scaled = self.s_scaler(batch["s_detector"].to(self.device, torch.float32))
+            vertex = self.unfold_scaled(s_scaled, generator)
+            folded = self.folding.fold_scaled(vertex, s_scaled, generator)
+        levels = {"detector": (batch["detector"], self.d_scaler.inverse(folded))}
+        if "vertex" in batch:
+            levels["vertex"] = (batch["vertex"], self.v_scaler.inverse(vertex))
+        return levels
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        vertex = self.unfold(batch["s_detector"])
+        return {"invariants": vertex, "s": batch["s_detector"], "phi": batch["phi_detector"], "level": "vertex"}
+
+
+def _wrap_periodic(x: torch.Tensor) -> torch.Tensor:
+    """Bring alpha (column 3, period 2 pi = 2 in scaled units) back into [-1, 1).
+
+    alpha is an angle: a migration across 0 = 2 pi is small, not a jump across the range.
+    Min-max scaling of a sample filling [0, 2 pi) maps the period onto 2 scaled units.
+    """
+    alpha = torch.remainder(x[:, 3:4] + 1.0, 2.0) - 1.0
+    return torch.cat([x[:, :3], alpha], dim=1)
+
+
+def load_folding_gan(path: str | Path) -> FoldingGAN:
+    """A trained :class:`FoldingGAN` from its checkpoint, frozen (no gradients, evaluation mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"folding_ckpt: {path} not found. Train the folding GAN first "
+            "(hepgen fit -c experiments/aidapt/inner.yaml) and point folding_ckpt at its checkpoints/last.ckpt."
+        )
+    folding = FoldingGAN.load_from_checkpoint(path, map_location="cpu")
+    if not bool(folding.v_scaler.fitted):
+        raise ValueError(f"folding_ckpt: {path} holds no fitted scalers; it is not a trained FoldingGAN.")
+    folding.requires_grad_(False)
+    return folding.eval()
