@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from hepgen.metrics.distributions import density_chi2
 from hepgen.nn.cgan import ConditionalDiscriminator, ConditionalGenerator
@@ -419,7 +420,14 @@ def load_folding_gan(path: str | Path) -> FoldingGAN:
             f"folding_ckpt: {path} not found. Train the folding GAN first "
             "(hepgen fit -c experiments/aidapt/inner.yaml) and point folding_ckpt at its checkpoints/last.ckpt."
         )
-    folding = FoldingGAN.load_from_checkpoint(path, map_location="cpu")
+    # LightningCLI instantiates the outer model inside a context that hands *its* init arguments
+    # to every save_hyperparameters() call; without clearing it the inner model would record
+    # the outer's hyperparameters as its own.
+    token = _given_hyperparameters.set(None)
+    try:
+        folding = FoldingGAN.load_from_checkpoint(path, map_location="cpu")
+    finally:
+        _given_hyperparameters.reset(token)
     if not bool(folding.v_scaler.fitted):
         raise ValueError(f"folding_ckpt: {path} holds no fitted scalers; it is not a trained FoldingGAN.")
     folding.requires_grad_(False)
