@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -85,17 +86,11 @@ class HepgenCLI(LightningCLI):
         cfg = self._get(self.config_init, "trainer")
         extra = [RNGStateCheckpoint()]
         if not self._has_checkpoint_callback:
-            monitor = getattr(self.model, "monitor", None)
-            extra.append(
-                ModelCheckpoint(
-                    dirpath=self.run_dir / "checkpoints",
-                    filename="best-{epoch}-{step}",
-                    monitor=monitor,
-                    mode=getattr(self.model, "monitor_mode", "min"),
-                    save_top_k=1 if monitor else 0,
-                    save_last=True,
-                    every_n_epochs=self._get(self.config, "run").checkpoint_every_n_epochs,
-                )
+            extra += default_checkpoints(
+                self.run_dir / "checkpoints",
+                monitor=getattr(self.model, "monitor", None),
+                mode=getattr(self.model, "monitor_mode", "min"),
+                every_n_epochs=self._get(self.config, "run").checkpoint_every_n_epochs,
             )
         configured = list(cfg.get("callbacks") or [])
         if cfg.get("enable_progress_bar", True) is not False and not any(
@@ -105,6 +100,30 @@ class HepgenCLI(LightningCLI):
         kwargs.setdefault("default_root_dir", str(self.run_dir))
         kwargs.setdefault("callbacks", configured + extra)
         return super().instantiate_trainer(**kwargs)
+
+
+def default_checkpoints(dirpath: Path, monitor: str | None, mode: str, every_n_epochs: int) -> list[ModelCheckpoint]:
+    """``last.ckpt`` after every ``every_n_epochs`` epochs, and ``best-...ckpt`` by ``monitor``.
+
+    Two callbacks, because Lightning (>= 2.6) writes ``save_last`` only on epochs where the
+    monitored checkpoint improved: a GAN whose chi2 stalls would otherwise resume from an old
+    epoch. ``last`` is a plain newest-only checkpoint named ``last``.
+    """
+    callbacks = [
+        ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=every_n_epochs)
+    ]
+    if monitor:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=dirpath,
+                filename="best-{epoch}-{step}",
+                monitor=monitor,
+                mode=mode,
+                save_top_k=1,
+                every_n_epochs=every_n_epochs,
+            )
+        )
+    return callbacks
 
 
 def main(args: list[str] | None = None) -> None:

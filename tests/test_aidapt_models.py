@@ -139,3 +139,29 @@ def test_unfolding_never_changes_the_folding_generator(aidapt_dir, folding_ckpt,
 def test_missing_folding_checkpoint_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
         load_folding_gan(tmp_path / "nothing.ckpt")
+
+
+def test_cli_run_keeps_the_newest_epoch_in_last_ckpt_and_resumes_from_it(aidapt_dir, tmp_path):
+    """last.ckpt must be the final epoch even when the monitored chi2 did not improve then
+    (Lightning >= 2.6 ties save_last to an improvement), and a resume continues from it."""
+    from hepgen.cli import main
+    from tests.conftest import ROOT
+
+    args = [
+        "-c", str(ROOT / "tests" / "conf" / "aidapt_tiny.yaml"),
+        "--data.init_args.data_dir", str(aidapt_dir),
+        "--run.root", str(tmp_path), "--run.experiment", "tiny", "--run.version", "v0",
+    ]  # fmt: skip
+    main(["fit", *args])
+    checkpoints = tmp_path / "tiny" / "v0" / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * 2 * 6
+    assert len(list(checkpoints.glob("best-*.ckpt"))) == 1
+    history = next(v for k, v in last["callbacks"].items() if "GANMonitor" in k)["history"]
+    assert [r["epoch"] for r in history["train"]] == [1, 2, 3]
+
+    main(["fit", *args, "--ckpt_path", "last", "--trainer.max_epochs", "4"])
+    resumed = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert resumed["epoch"] == 3 and resumed["global_step"] == 4 * 2 * 6
+    history = next(v for k, v in resumed["callbacks"].items() if "GANMonitor" in k)["history"]
+    assert [r["epoch"] for r in history["train"]] == [1, 2, 3, 4]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
@@ -125,11 +126,11 @@ class _AdversarialModule(LightningModule):
         )
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "disc_acc": disc_acc}
 
-    # --- validation: the reference chi2 and D accuracy on held-out events ---------------------
-    def on_validation_epoch_start(self) -> None:
+    # --- validation and test: the reference chi2 and D accuracy on held-out events -------------
+    def _start_evaluation(self) -> None:
         self._val_generated, self._val_real, self._val_correct = [], [], []
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def _evaluation_step(self, batch: dict, batch_idx: int) -> None:
         # A fixed noise stream per batch: comparable across epochs, and the global random state
         # (which exact resume relies on) is not touched.
         generator = torch.Generator(device=self.device).manual_seed(self.hparams.eval_seed + batch_idx)
@@ -141,17 +142,35 @@ class _AdversarialModule(LightningModule):
         self._val_generated.append(fake.cpu())
         self._val_real.append(real.cpu())
 
-    def on_validation_epoch_end(self) -> None:
+    def _end_evaluation(self, stage: str) -> None:
         if not self._val_real:
             return
         generated = torch.cat(self._val_generated).double().numpy()
         real = torch.cat(self._val_real).double().numpy()
         chi2 = {name: density_chi2(generated[:, i], real[:, i]) for i, name in enumerate(INVARIANT_NAMES)}
-        values = {f"val/chi2/{name}": v for name, v in chi2.items()}
-        values["val/chi2"] = float(np.mean(list(chi2.values())))
-        values["val/disc_acc"] = torch.cat(self._val_correct).float().mean().item()
+        values = {f"{stage}/chi2/{name}": v for name, v in chi2.items()}
+        values[f"{stage}/chi2"] = float(np.mean(list(chi2.values())))
+        values[f"{stage}/disc_acc"] = torch.cat(self._val_correct).float().mean().item()
         self.log_dict(values, prog_bar=False, sync_dist=True)
-        self._val_generated, self._val_real, self._val_correct = [], [], []
+        self._start_evaluation()
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_evaluation()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_evaluation("test")
 
 
 class FoldingGAN(_AdversarialModule):
@@ -215,11 +234,27 @@ class FoldingGAN(_AdversarialModule):
 
     # --- scalers: fitted once on the training split, then part of the checkpoint --------------
     def on_fit_start(self) -> None:
+        self._ensure_scalers(training=True)
+
+    def on_test_start(self) -> None:
+        self._ensure_scalers(training=False)
+
+    def on_predict_start(self) -> None:
+        self._ensure_scalers(training=False)
+
+    def _ensure_scalers(self, training: bool) -> None:
         if bool(self.v_scaler.fitted):
             return
         datamodule = self.trainer.datamodule
         if datamodule is None:
             raise RuntimeError("FoldingGAN without a datamodule: call model.fit_scalers(vertex, detector, s) first.")
+        if not training:
+            rank_zero_warn(
+                "this FoldingGAN is untrained (no checkpoint given): its scalers are fitted on the training "
+                "split now and its output is noise. Pass --ckpt_path last (or best, or a file) to evaluate a trained one."
+            )
+        if "train" not in datamodule.datasets:
+            datamodule.setup("fit")
         train = datamodule.datasets["train"].tensors
         self.fit_scalers(train["vertex"], train["detector"], train["s_vertex"])
 
