@@ -165,3 +165,19 @@ def test_cli_run_keeps_the_newest_epoch_in_last_ckpt_and_resumes_from_it(aidapt_
     assert resumed["epoch"] == 3 and resumed["global_step"] == 4 * 2 * 6
     history = next(v for k, v in resumed["callbacks"].items() if "GANMonitor" in k)["history"]
     assert [r["epoch"] for r in history["train"]] == [1, 2, 3, 4]
+
+
+def test_lr_decay_reaches_zero_at_max_epochs(aidapt_dir, tmp_path):
+    adam = lambda p: torch.optim.Adam(p, lr=1e-3)  # noqa: E731
+    model = tiny_folding_gan(lr_decay=True, optimizer_g=adam, optimizer_d=adam)
+    trainer = _trainer(tmp_path, max_epochs=4, limit_train_batches=1)
+    lrs = []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            lrs.append([o.param_groups[0]["lr"] for o in trainer.optimizers])
+
+    trainer.callbacks.append(Record())
+    trainer.fit(model, _data(aidapt_dir))
+    assert lrs == [pytest.approx([1e-3 * (1 - e / 4)] * 2) for e in range(4)]
+    assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == pytest.approx([0.0, 0.0])

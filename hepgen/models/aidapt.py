@@ -53,13 +53,14 @@ class _AdversarialModule(LightningModule):
     monitor = "val/chi2"
     monitor_mode = "min"
 
-    def __init__(self, optimizer_g: OptimizerCallable | None, optimizer_d: OptimizerCallable | None) -> None:
+    def __init__(
+        self, optimizer_g: OptimizerCallable | None, optimizer_d: OptimizerCallable | None, lr_decay: bool = False
+    ) -> None:
         super().__init__()
+        self.lr_decay = lr_decay
         self.optimizer_g_factory = optimizer_g or reference_adam
         self.optimizer_d_factory = optimizer_d or reference_adam
-        self._val_generated: list[torch.Tensor] = []
-        self._val_real: list[torch.Tensor] = []
-        self._val_correct: list[torch.Tensor] = []
+        self._start_evaluation()
 
     # --- what a subclass provides ----------------------------------------------------------
     def discriminator_label(self, batch: dict) -> torch.Tensor:
@@ -81,10 +82,22 @@ class _AdversarialModule(LightningModule):
     # --- training ----------------------------------------------------------------------------
     def configure_optimizers(self):
         # order matters: the gradient-norm callback and the step below take (G, D)
-        return [
+        optimizers = [
             self.optimizer_g_factory(self.generator.parameters()),
             self.optimizer_d_factory(self.discriminator.parameters()),
         ]
+        if not self.lr_decay:
+            return optimizers
+        # Linear decay to 0 at max_epochs: the late, small steps let the pair settle instead of
+        # oscillating around the equilibrium, so the last epoch is a converged model.
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda e: max(0.0, 1.0 - e / epochs)) for o in optimizers]
+        return optimizers, schedulers
+
+    def on_train_epoch_end(self) -> None:
+        if self.lr_decay:  # manual optimization: the schedulers are stepped here, once per epoch
+            for scheduler in self.lr_schedulers():
+                scheduler.step()
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         opt_g, opt_d = self.optimizers()
@@ -128,7 +141,9 @@ class _AdversarialModule(LightningModule):
 
     # --- validation and test: the reference chi2 and D accuracy on held-out events -------------
     def _start_evaluation(self) -> None:
-        self._val_generated, self._val_real, self._val_correct = [], [], []
+        self._eval_generated: list[torch.Tensor] = []
+        self._eval_real: list[torch.Tensor] = []
+        self._eval_correct: list[torch.Tensor] = []
 
     def _evaluation_step(self, batch: dict, batch_idx: int) -> None:
         # A fixed noise stream per batch: comparable across epochs, and the global random state
@@ -138,19 +153,19 @@ class _AdversarialModule(LightningModule):
         real, fake = self._real(batch), self._fake(batch, generator)
         logits = self.critic(torch.cat([label, label]), torch.cat([fake, real]))
         is_real = torch.cat([torch.zeros(len(real), device=self.device), torch.ones(len(real), device=self.device)])
-        self._val_correct.append(((logits > 0) == (is_real > 0.5)).cpu())
-        self._val_generated.append(fake.cpu())
-        self._val_real.append(real.cpu())
+        self._eval_correct.append(((logits > 0) == (is_real > 0.5)).cpu())
+        self._eval_generated.append(fake.cpu())
+        self._eval_real.append(real.cpu())
 
     def _end_evaluation(self, stage: str) -> None:
-        if not self._val_real:
+        if not self._eval_real:
             return
-        generated = torch.cat(self._val_generated).double().numpy()
-        real = torch.cat(self._val_real).double().numpy()
+        generated = torch.cat(self._eval_generated).double().numpy()
+        real = torch.cat(self._eval_real).double().numpy()
         chi2 = {name: density_chi2(generated[:, i], real[:, i]) for i, name in enumerate(INVARIANT_NAMES)}
         values = {f"{stage}/chi2/{name}": v for name, v in chi2.items()}
         values[f"{stage}/chi2"] = float(np.mean(list(chi2.values())))
-        values[f"{stage}/disc_acc"] = torch.cat(self._val_correct).float().mean().item()
+        values[f"{stage}/disc_acc"] = torch.cat(self._eval_correct).float().mean().item()
         self.log_dict(values, prog_bar=False, sync_dist=True)
         self._start_evaluation()
 
@@ -198,6 +213,8 @@ class FoldingGAN(_AdversarialModule):
         n_disc: discriminator updates per generator update (reference 5).
         label_noise: U(0, label_noise) added to the 0/1 targets of D (reference 0.05).
         optimizer_g, optimizer_d: optimizer factories (default: the reference Adam).
+        lr_decay: decay both learning rates linearly to 0 at the trainer's max_epochs
+            (the reference keeps them constant).
         eval_seed: seed of the validation noise.
     """
 
@@ -213,9 +230,10 @@ class FoldingGAN(_AdversarialModule):
         label_noise: float = 0.05,
         optimizer_g: OptimizerCallable | None = None,
         optimizer_d: OptimizerCallable | None = None,
+        lr_decay: bool = False,
         eval_seed: int = 0,
     ) -> None:
-        super().__init__(optimizer_g, optimizer_d)
+        super().__init__(optimizer_g, optimizer_d, lr_decay)
         if generator_bn not in ("batch", "frozen"):
             raise ValueError(f"generator_bn={generator_bn!r}: choose 'batch' or 'frozen'.")
         self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"])
@@ -362,6 +380,8 @@ class UnfoldingGAN(_AdversarialModule):
         n_disc: discriminator updates per generator update (reference 1).
         label_noise: as in :class:`FoldingGAN`.
         optimizer_g, optimizer_d: optimizer factories (default: the reference Adam).
+        lr_decay: decay both learning rates linearly to 0 at the trainer's max_epochs
+            (the reference keeps them constant).
         eval_seed: seed of the validation noise.
     """
 
@@ -375,9 +395,10 @@ class UnfoldingGAN(_AdversarialModule):
         label_noise: float = 0.05,
         optimizer_g: OptimizerCallable | None = None,
         optimizer_d: OptimizerCallable | None = None,
+        lr_decay: bool = False,
         eval_seed: int = 0,
     ) -> None:
-        super().__init__(optimizer_g, optimizer_d)
+        super().__init__(optimizer_g, optimizer_d, lr_decay)
         self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"])
         self.folding = load_folding_gan(folding_ckpt)
         n_inv = len(INVARIANT_NAMES)

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in MADE_DATASETS.items():
         sub = kinds.add_parser(name, help=spec.description, description=spec.description)
         sub.add_argument("--out", required=True, help="folder to write into (existing files are never overwritten)")
-        sub.add_argument("--events", type=int, default=10_000, help="events per file (default 10000)")
+        sub.add_argument("--events", type=int, default=10_000, help="events to make: per file (calogan), generated per sample before acceptance (aidapt); default 10000")
         sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         for flag, kwargs in spec.options.items():
             sub.add_argument(flag, **kwargs)
