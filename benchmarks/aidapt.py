@@ -147,7 +147,10 @@ def main() -> None:
             print(f"round {r + 1} {name:8s} median {statistics.median(times):.3f} s/step", flush=True)
     plain, trainer = (statistics.median(results[k]) for k in ("plain", "trainer"))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cpu = platform.processor() or platform.machine()
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        platform.processor() or platform.machine(),
+    ) if Path("/proc/cpuinfo").is_file() else platform.machine()
     print()
     print(f"machine: {cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print("| quantity | value |")
