@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 
-from callbacks.base import PhysicsMetric
-from hepgen.io.aidapt import write_event_file
+from callbacks.base import PhysicsMetric, gather_predictions
+from hepgen.io.aidapt import write_atomically, write_event_file
 from hepgen.metrics.classifier import two_sample_auc
 from hepgen.metrics.distributions import binned_chi2_ndf, density_chi2
 from hepgen.physics.kinematics import INVARIANT_NAMES
@@ -315,27 +316,17 @@ class AIDAPTWriter(BasePredictionWriter):
         from hepgen.physics.kinematics import invariants_to_lab
 
         level = predictions[0]["level"]
-        local = {k: torch.cat([p[k] for p in predictions]).to("cpu", torch.float64).numpy() for k in ("invariants", "s", "phi")}
-        if trainer.world_size > 1:
-            parts = [None] * trainer.world_size
-            torch.distributed.all_gather_object(parts, local)
-            local = {k: np.concatenate([p[k] for p in parts]) for k in local}
-        if not trainer.is_global_zero:
+        local = gather_predictions(trainer, predictions, ("invariants", "s", "phi"))
+        if local is None:
             return
+        local = {k: v.astype(np.float64) for k, v in local.items()}
         out = Path(trainer.default_root_dir) / "predictions"
-        out.mkdir(parents=True, exist_ok=True)
         invariants = np.concatenate([local["invariants"], local["s"]], axis=1)
         events = invariants_to_lab(local["invariants"], local["s"][:, 0], local["phi"][:, 0])
         path = next_free_path(out / f"{level}_invariants.npy")
-        _save_npy(path, invariants)
+        write_atomically(path, partial(np.save, arr=invariants))
         print(f"hepgen: wrote {len(invariants)} generated {level}-level invariants to {path}")
         path = next_free_path(out / f"{level}_0.npy")
         write_event_file(path, events)
         print(f"hepgen: wrote them as {level}-level lab events (16-column layout) to {path}")
 
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    tmp.replace(path)

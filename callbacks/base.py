@@ -36,6 +36,19 @@ def update_metrics_json(run_dir: Path, stage: str, values: dict) -> Path:
     return path
 
 
+def gather_predictions(trainer, predictions: list[dict], keys) -> dict[str, np.ndarray] | None:
+    """Concatenate ``predict`` batches (dicts of tensors) over batches and ranks.
+
+    Returns ``{key: array}`` on global rank 0 and ``None`` on the other ranks.
+    """
+    local = {k: torch.cat([p[k] for p in predictions]).cpu().numpy() for k in keys}
+    if trainer.world_size > 1:
+        parts = [None] * trainer.world_size
+        torch.distributed.all_gather_object(parts, local)
+        local = {k: np.concatenate([p[k] for p in parts]) for k in local}
+    return local if trainer.is_global_zero else None
+
+
 class PhysicsMetric(Callback):
     """Base of hepgen's physics-metric callbacks.
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from callbacks.base import PhysicsMetric
+from callbacks.base import PhysicsMetric, gather_predictions
 from hepgen.io.calogan import write_calogan
 from hepgen.metrics.classifier import two_sample_auc
 from hepgen.metrics.distributions import ks_statistic, separation_power
@@ -110,12 +110,8 @@ class CaloGANWriter(BasePredictionWriter):
         self.filename = filename
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        local = {k: torch.cat([p[k] for p in predictions]).cpu().numpy() for k in predictions[0]}
-        if trainer.world_size > 1:
-            parts = [None] * trainer.world_size
-            torch.distributed.all_gather_object(parts, local)
-            local = {k: np.concatenate([p[k] for p in parts]) for k in local}
-        if not trainer.is_global_zero:
+        local = gather_predictions(trainer, predictions, predictions[0].keys())
+        if local is None:
             return
         particle = getattr(trainer.datamodule, "predict_particle", "showers")
         filename = self.filename or f"{particle}.hdf5"

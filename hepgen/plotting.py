@@ -97,6 +97,17 @@ def _plain_log_ticks(ax: Axes, decades: float) -> None:
     ax.xaxis.set_minor_formatter(FuncFormatter(minor))
 
 
+def _panel_grid(n: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    """A figure with ``n`` axes in rows of up to :data:`GRID_COLUMNS` (unused cells removed)."""
+    ncols = min(GRID_COLUMNS, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    return fig, axes[:n]
+
+
 def _overlay_panel(
     ax: Axes, name: str, ref: np.ndarray, gen: np.ndarray, labels: Sequence[str], bins: int
 ) -> None:
@@ -141,14 +152,9 @@ def histogram_overlays(
     names = [n for n in reference if n in generated] if names is None else list(names)
     if not names:
         raise ValueError("no observable to plot")
-    ncols = min(GRID_COLUMNS, len(names))
-    nrows = math.ceil(len(names) / ncols)
-    fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig, axes = _panel_grid(len(names), (3.6, 3.0))
     for ax, name in zip(axes, names):
         _overlay_panel(ax, name, reference[name], generated[name], labels, bins)
-    for ax in axes[len(names) :]:
-        fig.delaxes(ax)
     if title:
         fig.suptitle(title)
     return fig
@@ -336,10 +342,7 @@ def metric_panels(
     """One small panel per metric against the epoch (e.g. the gradient norm of every layer)."""
     if not panels:
         raise ValueError("no metric to plot")
-    ncols = min(GRID_COLUMNS, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(3.4 * ncols, 2.6 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig, axes = _panel_grid(len(panels), (3.4, 2.6))
     for ax, (name, values) in zip(axes, panels.items()):
         ax.plot(epochs, values)
         ax.set_title(name, fontsize="small")
@@ -347,8 +350,6 @@ def metric_panels(
         ax.set_ylabel(ylabel)
         if log and np.nanmin(np.asarray(values, dtype=float), initial=np.inf) > 0:
             ax.set_yscale("log")
-    for ax in axes[len(panels) :]:
-        fig.delaxes(ax)
     if title:
         fig.suptitle(title)
     return fig

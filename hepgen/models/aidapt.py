@@ -178,11 +178,9 @@ class _AdversarialModule(LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._end_evaluation("val")
 
-    def on_test_epoch_start(self) -> None:
-        self._start_evaluation()
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluation_step(batch, batch_idx)
+    # test runs the same evaluation as validation, logged under test/
+    on_test_epoch_start = on_validation_epoch_start
+    test_step = validation_step
 
     def on_test_epoch_end(self) -> None:
         self._end_evaluation("test")
@@ -317,7 +315,7 @@ class FoldingGAN(_AdversarialModule):
         noise = self._noise(len(label), generator)
         if self.hparams.residual_scale is None:
             return self.generator(label, noise)
-        migration = self.generator(label, noise, torch.zeros_like(vertex_scaled))
+        migration = self.generator(label, noise)  # in detector resolutions
         return _wrap_periodic(self._in_detector_units(vertex_scaled) + self.resolution * migration)
 
     def _in_detector_units(self, vertex_scaled: torch.Tensor) -> torch.Tensor:

@@ -42,11 +42,10 @@ class ConditionalGenerator(nn.Module):
     """x = G(label, z): label (B, L) and noise z (B, Z) -> sample (B, F) in scaled units.
 
     The output is ``tanh(head)`` in [-1, 1], matching min-max scaled targets. With
-    ``residual_scale`` set the output is ``base + residual_scale * tanh(head)`` instead: the
-    network learns a bounded correction to a given ``base`` (B, F). The folding GAN uses this
-    with ``base`` = the vertex value itself, because a detector moves invariants by a few
-    resolution widths and rarely more; the head then starts at zero (no correction), which is
-    the no-smearing detector.
+    ``residual_scale`` set it is ``residual_scale * tanh(head)``, a bounded correction that the
+    caller adds to a value it already has, and the head starts at zero (no correction). The
+    folding GAN adds it to the vertex value: a detector moves invariants by a few resolution
+    widths and rarely more, and the zero correction is the no-smearing detector.
 
     Args:
         label_dim: L.
@@ -56,7 +55,7 @@ class ConditionalGenerator(nn.Module):
         batch_norm: BatchNorm after every hidden activation.
         negative_slope: LeakyReLU slope.
         bn_momentum, bn_eps: BatchNorm settings (torch convention).
-        residual_scale: largest correction to ``base``; ``None`` for plain tanh.
+        residual_scale: largest correction; ``None`` for the plain tanh output.
     """
 
     def __init__(
@@ -80,13 +79,9 @@ class ConditionalGenerator(nn.Module):
         if residual_scale is not None:
             nn.init.zeros_(self.head.weight)
 
-    def forward(self, label: torch.Tensor, noise: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, label: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.head(self.body(torch.cat([label, noise], dim=1))))
-        if self.residual_scale is None:
-            return h
-        if base is None:
-            raise ValueError("a residual generator needs `base`, the value it corrects")
-        return base + self.residual_scale * h
+        return h if self.residual_scale is None else self.residual_scale * h
 
 
 class ConditionalDiscriminator(nn.Module):
