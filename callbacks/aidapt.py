@@ -258,16 +258,12 @@ class GANMonitor(Callback):
         for index, (net, short) in enumerate((("generator", "gen"), ("discriminator", "disc"))):
             rows = [r for r in grad if f"{net}/aggregate" in r]
             if rows:
-                keys = [f"{net}/aggregate"] + [n for n in self._names_of(rows[-1], net)]
+                keys = [f"{net}/aggregate"] + [k for k in rows[-1] if k.startswith(f"{net}.")]
                 panels = {k: [r.get(k, math.nan) for r in rows] for k in keys}
                 figures[f"{short}_layer_gradient_norms"] = metric_panels(
                     [r["epoch"] for r in rows], panels, "gradient norm", title=f"{net} gradient norms"
                 )
         return figures
-
-    @staticmethod
-    def _names_of(record: dict, net: str) -> list[str]:
-        return [k for k in record if k.startswith(f"{net}.")]
 
     @staticmethod
     def _training_analysis(train: list[dict], grad: list[dict]) -> Figure:

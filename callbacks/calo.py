@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from callbacks.base import PhysicsMetric, gather_predictions

@@ -27,8 +27,8 @@ def event_features(events: np.ndarray) -> dict[str, torch.Tensor]:
     """
     inv = lab_to_invariants(events)
     phi = np.arctan2(events[:, _PY_PIP], events[:, _PX_PIP])
-    as_tensor = lambda x: torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # noqa: E731
-    return {"invariants": as_tensor(inv[:, :4]), "s": as_tensor(inv[:, 4:5]), "phi": as_tensor(phi[:, None])}
+    arrays = {"invariants": inv[:, :4], "s": inv[:, 4:5], "phi": phi[:, None]}
+    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
 
 
 class AIDAPTDataModule(HepDataModule):

@@ -16,7 +16,7 @@ non-saturating generator update. Shapes: B events, scaled units unless stated.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
