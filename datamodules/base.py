@@ -175,6 +175,18 @@ class HepDataModule(LightningDataModule):
             self.datasets[name] = ArrayDictDataset({k: v[idx_t] for k, v in events.items()})
             self.split_sizes[name] = len(idx)
 
+    def training_sample(self, n: int | None = None) -> dict[str, torch.Tensor]:
+        """The first ``n`` events of the training split (all when ``None``), as a dict of tensors.
+
+        The one way a model fits its statistics (scalers, normalisations) on training data: it
+        works for in-RAM and lazy datasets alike and reads only what it returns. Physical units,
+        the same keys as a training batch.
+        """
+        if "train" not in self.datasets:
+            self.setup("fit")
+        tensors = self.datasets["train"].tensors
+        return {k: v[:n] for k, v in tensors.items()} if n is not None else dict(tensors)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets or len(self.datasets[split]) == 0:
             raise DataFileError(f"{self.data_dir}: no '{split}' events (is its fraction 0?).")

@@ -30,6 +30,8 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from hepgen.errors import HepgenError
+
 #: Set by the launching process so that DDP ranks it starts re-use its run directory.
 RUN_DIR_ENV = "HEPGEN_RUN_DIR"
 #: The parts of a config that define what is trained; a run directory refuses a change in them.
@@ -53,7 +55,7 @@ class RunSettings:
     checkpoint_every_n_epochs: int = 1
 
 
-class RunDirectoryError(RuntimeError):
+class RunDirectoryError(HepgenError, RuntimeError):
     """A run directory cannot be used as asked (config collision, missing checkpoint, ...)."""
 
 
@@ -266,3 +268,14 @@ class RunConfigSaver(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update({"cli_config": self.parser.dump(self.config)}, allow_val_change=True)
+
+
+def resolve_checkpoint(spec: str | Path, root: str | Path = "runs") -> Path:
+    """A checkpoint file from a path or a run reference ``run:<experiment>[@<version>|@latest]:<last|best>``.
+
+    Raises :class:`RunDirectoryError` naming the reference when nothing matches.
+    """
+    path = Path(spec)
+    if not path.is_file():
+        raise RunDirectoryError(f"checkpoint {spec}: no such file.")
+    return path
