@@ -45,6 +45,18 @@ class ArrayDictDataset(Dataset):
         return {k: v[idx] for k, v in self.tensors.items()}
 
 
+def global_batch_index(trainer, batch_idx: int) -> int:
+    """The index a val/test batch has in the single-process batching.
+
+    Under DDP the evaluation sampler gives rank r the batches r, r + W, r + 2W, ... of the
+    single-process order (W ranks), so batch ``batch_idx`` of rank r is global batch
+    ``batch_idx * W + r``; in a single process it is ``batch_idx``.
+    """
+    if trainer is None:
+        return batch_idx
+    return batch_idx * trainer.world_size + trainer.global_rank
+
+
 def _already_batched(batch):
     return batch
 
