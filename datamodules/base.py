@@ -3,46 +3,45 @@
 * ``source: real`` reads the published files from ``data_dir``; a missing file is an error that
   names it and says where to get it. ``source: made`` writes hepgen's made data into ``data_dir``
   first (only files that are not there yet), in exactly the real format, then reads it with the
-  same code. Made data never stands in for a missing real file.
-* Splits are a seeded permutation of all events (``split_seed``), so they are the same in every
-  process and every later evaluation; their sizes are stored in the checkpoint and checked when it
-  is loaded. Normalisation statistics belong to the model (buffers), never to the datamodule, so
-  they travel with the weights and are never refit at evaluation.
-* Batches are dicts of tensors, fetched as whole slices (no per-event Python collation).
+  same code. Made data never stands in for a missing real file. Checking and making hold a
+  file lock beside ``data_dir``, so processes or nodes sharing the folder make each file once.
+* Three overridable hooks shape the data: :meth:`HepDataModule.splits` (which events go where:
+  a seeded permutation by default; region, k-fold and file-defined splits are in
+  :mod:`datamodules.splits`), :meth:`HepDataModule.build_dataset` (in-RAM tensors by default;
+  :class:`LazyHDF5Dataset` and :class:`MultiDomainDataset` are in :mod:`datamodules.datasets`) and
+  :meth:`HepDataModule.training_sample`, the one way a model fits statistics on training data.
+* Splits are the same in every process and every later evaluation; their sizes are stored in the
+  checkpoint and checked when it is loaded. Normalisation statistics belong to the model
+  (buffers), never to the datamodule, so they travel with the weights and are never refit.
+* Batches are dicts of tensors, fetched as whole slices (no per-event Python collation). The
+  training order is drawn from ``split_seed + 1 + epoch`` alone and val/test keep storage order,
+  on one process or many (:mod:`datamodules.samplers`).
 """
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from datamodules.datasets import ArrayDictDataset, head
+from datamodules.samplers import EpochShuffleSampler, EvaluationSampler
+from datamodules.splits import SPLITS, split_indices
 from hepgen.io import DataFileError
 
-SPLITS = ("train", "val", "test")
+__all__ = [
+    "SPLITS", "ArrayDictDataset", "EpochShuffleSampler", "EvaluationSampler", "HepDataModule",
+    "global_batch_index", "lock_path", "made_data_lock", "split_indices",
+]  # fmt: skip
 
-
-class ArrayDictDataset(Dataset):
-    """Events stored as a dict of tensors with a common first dimension N; a batch is a dict of slices."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        lengths = {len(v) for v in tensors.values()}
-        assert len(lengths) == 1, f"tensors of different lengths: { {k: len(v) for k, v in tensors.items()} }"
-        self.tensors = tensors
-        self.n = lengths.pop()
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {k: v[index] for k, v in self.tensors.items()}
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(indices)
-        return {k: v[idx] for k, v in self.tensors.items()}
+#: Suffix of the lock file that serialises making data (``data/.calogan.hepgen-make.lock``).
+LOCK_SUFFIX = ".hepgen-make.lock"
 
 
 def global_batch_index(trainer, batch_idx: int) -> int:
@@ -58,53 +57,41 @@ def global_batch_index(trainer, batch_idx: int) -> int:
 
 
 def _already_batched(batch):
-    return batch
+    # datasets with __getitems__ return the batch itself; others a list of events to stack
+    return default_collate(batch) if isinstance(batch, list) else batch
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A fresh permutation every epoch, drawn from ``seed + epoch`` alone.
+def lock_path(folder: Path) -> Path:
+    """The lock file of a data folder: beside it, so the folder itself holds only data (a folder
+    that hepgen checks and refuses is left exactly as it was found)."""
+    folder = folder.resolve()
+    return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
 
-    The order of training events then depends on the epoch number and not on the global random
-    state, so a run resumed from a checkpoint sees exactly the batches of the uninterrupted run.
-    Lightning calls :meth:`set_epoch` at the start of every epoch.
+
+@contextmanager
+def made_data_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on :func:`lock_path` (folder), waiting until it is free.
+
+    ``fcntl.lockf`` takes a POSIX record lock, which NFS and Lustre forward to their lock
+    managers, so processes on other nodes wait too (``flock`` is node-local on some of them).
+    The lock file is never removed: a process waiting on a removed file would hold a lock
+    nobody else sees (and on NFS get a stale file handle).
     """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int, where: str) -> dict[str, np.ndarray]:
-    """Seeded split of ``n`` events into train/val/test index arrays; an empty requested split is an error."""
-    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= frac < 1.0:
-            raise ValueError(f"{name}={frac} must be in [0, 1).")
-    order = np.random.default_rng(seed).permutation(n)
-    n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
-    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
-    wanted = {"train": 1.0, "val": val_fraction, "test": test_fraction}
-    for name, idx in parts.items():
-        if wanted[name] > 0 and len(idx) == 0:
-            raise DataFileError(
-                f"{where}: the '{name}' split is empty ({n} events, val_fraction={val_fraction}, "
-                f"test_fraction={test_fraction}). Use more events or larger fractions."
-            )
-    return parts
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(lock_path(folder), "a") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
 
 
 class HepDataModule(LightningDataModule):
     """Base of hepgen's datamodules: real-or-made files, seeded splits, dict batches.
 
-    Subclasses implement :meth:`required_files`, :meth:`make_files` and :meth:`load_events`.
+    Subclasses implement :meth:`required_files`, :meth:`make_files` and :meth:`load_events`, and
+    may override the hooks :meth:`splits`, :meth:`build_dataset` (with :meth:`count_events`, so
+    lazy data need not be loaded) and :meth:`training_sample`.
 
     Args:
         data_dir: folder with the data files.
@@ -142,7 +129,8 @@ class HepDataModule(LightningDataModule):
         self.split_seed = split_seed
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.datasets: dict[str, ArrayDictDataset] = {}
+        self.datasets: dict[str, Dataset] = {}
+        self._events: dict[str, torch.Tensor] | None = None
 
     #: Where the real files come from (shown when one is missing).
     download_hint: str = ""
@@ -163,29 +151,34 @@ class HepDataModule(LightningDataModule):
         """Read and check all required files; return all events as a dict of tensors."""
         raise NotImplementedError
 
-    # --- the contract ----------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        missing = [p for p in self.required_files() if not p.is_file()]
-        if self.source == "made":
-            for path in self.required_files():
-                if path.is_file():
-                    self.check_made_file(path)
-            if missing:
-                self.make_files(missing)
-        elif missing:
-            raise DataFileError(f"data file not found: {missing[0]}. {self.download_hint}")
+    # --- the hooks -------------------------------------------------------------------------
+    def all_events(self) -> dict[str, torch.Tensor]:
+        """All events ``{key: (N, ...)}`` from :meth:`load_events`, read once until setup ends."""
+        if self._events is None:
+            self._events = self.load_events()
+        return self._events
 
-    def setup(self, stage: str) -> None:
-        if stage == "predict" or self.datasets:
-            return
-        events = self.load_events()
-        n = len(next(iter(events.values())))
-        self.split_sizes = {}
-        parts = split_indices(n, self.val_fraction, self.test_fraction, self.split_seed, str(self.data_dir))
-        for name, idx in parts.items():
-            idx_t = torch.as_tensor(np.sort(idx))
-            self.datasets[name] = ArrayDictDataset({k: v[idx_t] for k, v in events.items()})
-            self.split_sizes[name] = len(idx)
+    def count_events(self) -> int:
+        """N, the number of events the splits divide (a lazy datamodule reads it from metadata)."""
+        return len(next(iter(self.all_events().values())))
+
+    def splits(self, n_events: int) -> dict[str, np.ndarray]:
+        """``{"train": (M,), "val": ..., "test": ...}`` int64 indices into the N events.
+
+        Default: the seeded permutation :func:`split_indices` (``val_fraction``,
+        ``test_fraction``, ``split_seed``). Overrides use the helpers of
+        :mod:`datamodules.splits` (region, k-fold, file-defined splits).
+        """
+        return split_indices(n_events, self.val_fraction, self.test_fraction, self.split_seed, str(self.data_dir))
+
+    def build_dataset(self, split: str, indices: np.ndarray) -> Dataset:
+        """The dataset of one split, from its sorted (M,) event indices.
+
+        Default: the events in RAM (:class:`ArrayDictDataset`). Data larger than RAM return a
+        :class:`~datamodules.datasets.LazyHDF5Dataset` over the same indices instead.
+        """
+        idx = torch.as_tensor(indices)
+        return ArrayDictDataset({k: v[idx] for k, v in self.all_events().items()})
 
     def training_sample(self, n: int | None = None) -> dict[str, torch.Tensor]:
         """The first ``n`` events of the training split (all when ``None``), as a dict of tensors.
@@ -196,17 +189,61 @@ class HepDataModule(LightningDataModule):
         """
         if "train" not in self.datasets:
             self.setup("fit")
-        tensors = self.datasets["train"].tensors
-        return {k: v[:n] for k, v in tensors.items()} if n is not None else dict(tensors)
+        return head(self.datasets["train"], n)
+
+    # --- the contract ----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.source == "real":
+            missing = self._missing_files()
+            if missing:
+                raise DataFileError(f"data file not found: {missing[0]}. {self.download_hint}")
+            return
+        # Lightning calls this on one process per node, and nodes may share the folder: checking
+        # and making is one step under the lock, so a second maker waits, then finds the files.
+        with made_data_lock(self.data_dir):
+            missing = self._check_made_files()
+            if missing:
+                self.make_files(missing)
+
+    def _missing_files(self) -> list[Path]:
+        return [p for p in self.required_files() if not p.is_file()]
+
+    def _check_made_files(self) -> list[Path]:
+        """Check the required files that exist are hepgen-made; return the missing ones."""
+        for path in self.required_files():
+            if path.is_file():
+                self.check_made_file(path)
+        return self._missing_files()
+
+    def setup(self, stage: str) -> None:
+        if stage == "predict" or self.datasets:
+            return
+        parts = self.splits(self.count_events())
+        self.split_sizes = {}
+        for name, idx in parts.items():
+            idx = np.sort(np.asarray(idx, dtype=np.int64))
+            self.datasets[name] = self.build_dataset(name, idx)
+            self.split_sizes[name] = len(idx)
+        self._events = None  # the datasets hold what they need
+
+    def _world(self) -> tuple[int, int]:
+        """(W, r): the number of processes and this one's rank, from the Trainer when attached."""
+        trainer = self.trainer
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets or len(self.datasets[split]) == 0:
             raise DataFileError(f"{self.data_dir}: no '{split}' events (is its fraction 0?).")
         dataset = self.datasets[split]
+        world, rank = self._world()
+        if shuffle:
+            sampler = EpochShuffleSampler(dataset, self.split_seed + 1, num_replicas=world, rank=rank)
+        else:
+            sampler = EvaluationSampler(dataset, self.batch_size, num_replicas=world, rank=rank)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.split_seed + 1) if shuffle else None,
+            sampler=sampler,
             # the loader's own generator: creating its iterator must not draw from the global stream
             generator=torch.Generator().manual_seed(self.split_seed),
             num_workers=self.num_workers,

@@ -62,6 +62,12 @@ class CaloGANDataModule(HepDataModule):
         self.predict_particle = predict_particle
         self.predict_seed = predict_seed
 
+    @property
+    def num_particles(self) -> int:
+        """How many particle species the batches label (``particle`` < num_particles); the CLI
+        links it to the model's ``num_particles``."""
+        return len(self.particles)
+
     def required_files(self) -> list[Path]:
         return [self.data_dir / f"{p}.hdf5" for p in self.particles]
 

@@ -15,6 +15,8 @@ key         shape        content
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 import h5py
@@ -100,8 +102,9 @@ def write_calogan(path: str | Path, showers: dict[str, np.ndarray], attrs: dict 
         attrs: extra file attributes (hepgen records how made data were made).
     """
     path = Path(path)
+    refuse = f"{path} exists; hepgen never overwrites a data file. Remove it or choose another path."
     if path.exists():
-        raise FileExistsError(f"{path} exists; hepgen never overwrites a data file. Remove it or choose another path.")
+        raise FileExistsError(refuse)
     n = len(showers["energy"])
     data = {k: showers[k] for k in ("energy", *LAYER_KEYS)}
     data["overflow"] = showers.get("overflow", np.zeros((n, 3), np.float32))
@@ -109,11 +112,18 @@ def write_calogan(path: str | Path, showers: dict[str, np.ndarray], attrs: dict 
         if tuple(np.shape(data[key])) != (n, *shape):
             raise ValueError(f"'{key}' has shape {np.shape(data[key])}, expected {(n, *shape)}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with h5py.File(tmp, "w") as f:
-        for key, value in data.items():
-            f.create_dataset(key, data=np.asarray(value, dtype=np.float32), compression="gzip", compression_opts=1)
-        for k, v in (attrs or {}).items():
-            f.attrs[k] = v
-    tmp.replace(path)
+    # a name no other writer can pick, even on another node of a shared filesystem: a concurrent
+    # writer of the same file never writes into, or renames, this one's half-written bytes
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in data.items():
+                f.create_dataset(key, data=np.asarray(value, dtype=np.float32), compression="gzip", compression_opts=1)
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v
+        if path.exists():  # made by another writer meanwhile
+            raise FileExistsError(refuse)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
