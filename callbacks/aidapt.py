@@ -1,4 +1,4 @@
-"""A(i)DAPT GAN metrics: chi2 per invariant, unfolding closure, training monitor, prediction writer."""
+"""A(i)DAPT metrics (chi2 per invariant, unfolding closure, physical region), the GAN training monitor, the writer."""
 
 from __future__ import annotations
 
@@ -11,15 +11,21 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 
 from callbacks.base import PhysicsMetric, gather_predictions
 from hepgen.io.aidapt import write_atomically, write_event_file
 from hepgen.metrics.classifier import two_sample_auc
 from hepgen.metrics.distributions import binned_chi2_ndf, density_chi2
-from hepgen.physics.kinematics import INVARIANT_NAMES
+from hepgen.physics.kinematics import (
+    COLUMNS,
+    INVARIANT_NAMES,
+    in_physical_region,
+    invariants_to_lab,
+    reproduces_invariants,
+)
 from hepgen.plotting import histogram_overlays, metric_history, metric_panels, save_figure
-from hepgen.run import next_free_path
 
 #: Axis labels of the invariants, physical units.
 INVARIANT_LABELS = {
@@ -28,7 +34,8 @@ INVARIANT_LABELS = {
     "tpip": r"$t_{\pi^+}$ [GeV$^2$]",
     "alpha": r"$\alpha$ [rad]",
 }
-_SCALER_OF_LEVEL = {"vertex": "v_scaler", "detector": "d_scaler"}
+#: The levels an A(i)DAPT model may generate, in the order they are reported.
+LEVELS = ("detector", "vertex")
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -40,16 +47,23 @@ class AIDAPTMetrics(PhysicsMetric):
 
     For the folding GAN the level is ``detector`` (generated vs simulated detector invariants
     of the same vertex events); for the unfolding GAN also ``vertex``: the closure test of
-    unfolded vs true vertex invariants (made data only: real data have no truth). Per level
-    and invariant it logs
+    unfolded vs true vertex invariants (made data only: real data have no truth). Reads the
+    model's ``evaluation_samples``: per level ``<level>`` (B, 4) physical invariants (GeV^2,
+    GeV^2, GeV^2, rad), ``<level>_scaled`` (B, 4) the same in the model's [-1, 1] units,
+    ``<level>_condition`` the scaled condition of the discriminator, and ``<level>_s`` (B, 1)
+    the s (GeV^2) at which each side's invariants live. Per level and invariant it logs
 
     * ``<level>/chi2/<var>``: the reference's chi2 (100 density bins on the scaled [-1, 1]),
     * ``<level>/chi2_floor/<var>``: the same chi2 between the reference sample and an
       independent one of the same size from the training split (its statistical floor),
     * ``<level>/chi2_ndf/<var>``: the Pearson chi2/ndf of the two histograms with errors,
 
-    and in ``test`` ``<level>/classifier_auc``: a classifier two-sample test on (condition,
-    invariants) (0.5: indistinguishable). Plots: ``distributions`` (detector level) and
+    per level ``<level>/unphysical_fraction``: the fraction of generated events outside the
+    physical region of gamma p -> pi+ pi- p (:func:`hepgen.physics.kinematics.in_physical_region`),
+    and ``<level>/unphysical_fraction_ref`` the same of the reference (not 0 at detector level:
+    the measured pi- is the missing four-vector, off its mass shell), and in ``test``
+    ``<level>/classifier_auc``: a classifier two-sample test on (condition, invariants)
+    (0.5: indistinguishable). Plots: ``distributions`` (detector level) and
     ``unfolded_vertex`` (vertex level), physical units.
 
     Args:
@@ -64,29 +78,27 @@ class AIDAPTMetrics(PhysicsMetric):
         self.classifier_epochs = classifier_epochs
         self._independent: dict[str, np.ndarray] = {}
 
-    def collect(self, pl_module, batch, generator):
-        reference, generated = {}, {}
-        with torch.no_grad():
-            condition = _numpy(pl_module.discriminator_label(batch))
-            for level, (ref, gen) in pl_module.evaluation_samples(batch, generator).items():
-                scaler = getattr(pl_module, _SCALER_OF_LEVEL[level])
-                ref = ref.to(pl_module.device, torch.float32)
-                reference[level], generated[level] = _numpy(ref), _numpy(gen)
-                reference[f"{level}_scaled"], generated[f"{level}_scaled"] = _numpy(scaler(ref)), _numpy(scaler(gen))
-                reference[f"{level}_condition"] = generated[f"{level}_condition"] = condition
-                self._remember_independent(pl_module, level, scaler)
-        return reference, generated
+    def collect(self, samples):
+        # float64: the chi2 histograms and the physical-region round trip see exact values
+        return {k: _numpy(ref) for k, (ref, _) in samples.items()}, {k: _numpy(gen) for k, (_, gen) in samples.items()}
 
-    def _remember_independent(self, pl_module, level: str, scaler) -> None:
-        """Training-split events of ``level``: a sample independent of the evaluated one."""
-        datamodule = getattr(pl_module.trainer, "datamodule", None)
-        if level in self._independent or datamodule is None or "train" not in getattr(datamodule, "datasets", {}):
+    def before_compute(self, trainer, pl_module, events: int) -> None:
+        """Draw the independent sample: the first ``events`` training events, reference side only."""
+        datamodule = getattr(trainer, "datamodule", None)
+        drawn = min((len(v) for v in self._independent.values()), default=0)
+        if not hasattr(datamodule, "training_sample") or drawn >= events:
             return
-        events = datamodule.datasets["train"].tensors[level][: self.max_events]
-        self._independent[level] = _numpy(scaler(events.to(pl_module.device)))
+        sample = datamodule.training_sample(events)
+        sample = {k: v.to(pl_module.device) for k, v in sample.items()}
+        # the reference side does not depend on the generator; a separate one leaves the
+        # evaluation's noise stream alone
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        with torch.no_grad():
+            levels = pl_module.evaluation_samples(sample, generator)
+        self._independent = {lvl: _numpy(levels[f"{lvl}_scaled"][0]) for lvl in LEVELS if f"{lvl}_scaled" in levels}
 
     def _levels(self, reference: dict) -> list[str]:
-        return [k for k in ("detector", "vertex") if k in reference]
+        return [k for k in LEVELS if k in reference]
 
     def compute(self, reference, generated, stage):
         values: dict[str, float] = {}
@@ -99,6 +111,7 @@ class AIDAPTMetrics(PhysicsMetric):
                 values[f"{level}/chi2_ndf/{name}"] = chi2 / max(ndf, 1)
                 if independent is not None and len(independent) >= len(ref):
                     values[f"{level}/chi2_floor/{name}"] = density_chi2(independent[: len(ref), i], ref[:, i], self.bins)
+            values.update(self._unphysical(level, reference, generated))
             if stage == "test":
                 condition = reference[f"{level}_condition"]
                 values[f"{level}/classifier_auc"] = two_sample_auc(
@@ -107,6 +120,19 @@ class AIDAPTMetrics(PhysicsMetric):
                     epochs=self.classifier_epochs,
                 )
         return values
+
+    def _unphysical(self, level: str, reference: dict, generated: dict) -> dict[str, float]:
+        if f"{level}_s" not in reference:
+            rank_zero_warn(f"AIDAPTMetrics: evaluation_samples give no '{level}_s'; no {level}/unphysical_fraction.")
+            return {}
+
+        def fraction(sample: dict) -> float:
+            return 1.0 - in_physical_region(sample[level], sample[f"{level}_s"]).mean()
+
+        return {
+            f"{level}/unphysical_fraction": fraction(generated),
+            f"{level}/unphysical_fraction_ref": fraction(reference),
+        }
 
     def figures(self, reference, generated, stage):
         figures = {}
@@ -122,20 +148,31 @@ class AIDAPTMetrics(PhysicsMetric):
         return figures
 
 
-class GANMonitor(Callback):
-    """Losses, discriminator accuracy and layer-by-layer gradient norms of a two-network GAN.
+#: File-name abbreviations of today's two-network GANs (``gen_layer_gradient_norms.png``, ...).
+_SHORT_NAMES = {"generator": "gen", "discriminator": "disc"}
+#: Legend labels of the A(i)DAPT losses; any other ``<x>_loss`` is labelled ``<x>``.
+_LOSS_LABELS = {"d_loss": "discriminator", "g_loss": "generator"}
 
-    The model's ``training_step`` returns ``d_loss``, ``g_loss`` and ``disc_acc``; gradient
+
+class GANMonitor(Callback):
+    """Losses, discriminator accuracy and layer-by-layer gradient norms of an adversarial model.
+
+    Works with any number of optimizers, named by ``pl_module.optimizer_names`` (in the order of
+    ``configure_optimizers``; ``optimizer_<i>`` without it). The losses are the keys of the
+    ``training_step`` output that end in ``_loss``, plus ``disc_acc`` if present. Gradient
     norms (Frobenius norm of every parameter's gradient: kernels and biases separately, and
     their aggregate sqrt(sum ||g||^2)) are taken just before each optimizer step on the epochs
-    that are due (every ``grad_every_n_epochs``): for G its one update per step, for D the last
-    of its updates, averaged over the epoch as in the reference. Validation chi2 per invariant
-    and D accuracy (``val/chi2/<var>``, ``val/disc_acc``) are recorded when validation runs.
+    that are due (every ``grad_every_n_epochs``): per training step the last update of each
+    optimizer (e.g. the last of a discriminator's n_disc updates), averaged over the epoch as in
+    the A(i)DAPT reference. Validation chi2 per invariant and D accuracy (``val/chi2/<var>``,
+    ``val/disc_acc``) are recorded when the model logs them.
 
     Plots in ``<run dir>/plots/train/`` (and W&B), every ``plot_every_n_epochs`` and at the end:
-    ``training_analysis`` (losses, aggregate gradient norms), ``disc_layer_gradient_norms``,
-    ``gen_layer_gradient_norms``, ``disc_acc_vs_epoch``, ``chi2_vs_epoch``. The history is
-    saved in checkpoints, so a resumed run's plots cover the whole training.
+    ``training_analysis`` (losses, aggregate gradient norms; the loss the model reaches at
+    equilibrium, ``pl_module.loss_equilibrium``, as a line when it is known, e.g. ln 2 for BCE),
+    ``<name>_layer_gradient_norms`` per optimizer (``gen``/``disc`` for ``generator`` and
+    ``discriminator``), ``disc_acc_vs_epoch``, ``chi2_vs_epoch``. The history is saved in
+    checkpoints, so a resumed run's plots cover the whole training.
 
     Args:
         grad_every_n_epochs: gradient-norm frequency in epochs (0: never).
@@ -146,6 +183,9 @@ class GANMonitor(Callback):
         self.grad_every_n_epochs = grad_every_n_epochs
         self.plot_every_n_epochs = plot_every_n_epochs
         self.history: dict[str, list] = {"train": [], "val": [], "grad": []}
+        self._names: list[str] = []
+        self._param_names: list[list[str]] = []
+        self._equilibrium: float | None = None
 
     # --- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -156,9 +196,11 @@ class GANMonitor(Callback):
 
     # --- gradient norms ---------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
-        names = {id(p): n for n, p in pl_module.named_parameters()}
-        # (G, D) in the order of configure_optimizers
+        n = len(trainer.optimizers)
+        self._names = list(getattr(pl_module, "optimizer_names", None) or (f"optimizer_{i}" for i in range(n)))
+        names = {id(p): name for name, p in pl_module.named_parameters()}
         self._param_names = [[names[id(p)] for g in opt.param_groups for p in g["params"]] for opt in trainer.optimizers]
+        self._equilibrium = getattr(pl_module, "loss_equilibrium", None)
 
     def _grads_due(self, trainer) -> bool:
         k = self.grad_every_n_epochs
@@ -167,9 +209,9 @@ class GANMonitor(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._sums: dict[str, float] = {}
         self._steps = 0
-        self._grad_sums = [None, None]
-        self._grad_counts = [0, 0]
-        self._d_last = None
+        self._grad_sums: dict[int, torch.Tensor] = {}
+        self._grad_counts: dict[int, int] = {}
+        self._last: dict[int, torch.Tensor] = {}
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not self._grads_due(trainer):
@@ -177,26 +219,23 @@ class GANMonitor(Callback):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return
-        norms = torch.stack(torch._foreach_norm(grads)).detach().to("cpu", torch.float64)
-        if optimizer is trainer.optimizers[0]:  # the generator's
-            self._add_grad(0, norms)
-        else:
-            self._d_last = norms  # overwritten until the step's last D update
-
-    def _add_grad(self, index: int, norms: torch.Tensor) -> None:
-        total = self._grad_sums[index]
-        self._grad_sums[index] = norms if total is None else total + norms
-        self._grad_counts[index] += 1
+        raw = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        index = next((i for i, o in enumerate(trainer.optimizers) if o is raw), None)
+        if index is None:
+            return
+        # overwritten until the training step's last update of this optimizer
+        self._last[index] = torch.stack(torch._foreach_norm(grads)).detach().to("cpu", torch.float64)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._d_last is not None:
-            self._add_grad(1, self._d_last)
-            self._d_last = None
+        for index, norms in self._last.items():
+            self._grad_sums[index] = norms + self._grad_sums.get(index, 0.0)
+            self._grad_counts[index] = self._grad_counts.get(index, 0) + 1
+        self._last = {}
         if not isinstance(outputs, dict):
             return
-        for key in ("d_loss", "g_loss", "disc_acc"):
-            if key in outputs:
-                self._sums[key] = self._sums.get(key, 0.0) + float(outputs[key])
+        for key, value in outputs.items():
+            if key.endswith("_loss") or key == "disc_acc":
+                self._sums[key] = self._sums.get(key, 0.0) + float(value)
         self._steps += 1
 
     # --- epoch records --------------------------------------------------------------------------
@@ -205,21 +244,20 @@ class GANMonitor(Callback):
             return
         metrics = trainer.callback_metrics
         record = {"epoch": trainer.current_epoch + 1}
-        for key in ("val/disc_acc", *(f"val/chi2/{n}" for n in INVARIANT_NAMES)):
-            if key in metrics:
-                record[key] = float(metrics[key])
+        for key, value in metrics.items():
+            if key == "val/disc_acc" or key.startswith("val/chi2/"):
+                record[key] = float(value)
         self.history["val"].append(record)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
         if self._steps:
             self.history["train"].append({"epoch": epoch, **{k: v / self._steps for k, v in self._sums.items()}})
-        if self._grad_counts[0] or self._grad_counts[1]:
+        if self._grad_counts:
             record = {"epoch": epoch}
             logged = {}
-            for index, net in enumerate(("generator", "discriminator")):
-                if not self._grad_counts[index]:
-                    continue
+            for index in sorted(self._grad_counts):
+                net = self._names[index]
                 norms = self._grad_sums[index] / self._grad_counts[index]
                 for name, value in zip(self._param_names[index], norms.tolist()):
                     record[name] = value
@@ -242,6 +280,7 @@ class GANMonitor(Callback):
         train, val, grad = self.history["train"], self.history["val"], self.history["grad"]
         if train:
             figures["training_analysis"] = self._training_analysis(train, grad)
+        if any("disc_acc" in r for r in train):
             acc = {"train (last D pass, epoch mean)": [r.get("disc_acc", math.nan) for r in train]}
             fig = metric_history([r["epoch"] for r in train], acc, "discriminator accuracy", reference_lines={"0.5": 0.5})
             if any("val/disc_acc" in r for r in val):
@@ -249,34 +288,38 @@ class GANMonitor(Callback):
                 ax.plot([r["epoch"] for r in val], [r.get("val/disc_acc", math.nan) for r in val], marker=".", label="validation")
                 ax.legend(fontsize="small")
             figures["disc_acc_vs_epoch"] = fig
-        chi2_rows = [r for r in val if any(k.startswith("val/chi2/") for k in r)]
-        if chi2_rows:
-            series = {n: [r.get(f"val/chi2/{n}", math.nan) for r in chi2_rows] for n in INVARIANT_NAMES}
+        chi2_keys = list(dict.fromkeys(k for r in val for k in r if k.startswith("val/chi2/")))
+        if chi2_keys:
+            rows = [r for r in val if any(k in r for k in chi2_keys)]
+            series = {k.removeprefix("val/chi2/"): [r.get(k, math.nan) for r in rows] for k in chi2_keys}
             figures["chi2_vs_epoch"] = metric_history(
-                [r["epoch"] for r in chi2_rows], series, r"$\chi^2$ (reference definition)", log=True
+                [r["epoch"] for r in rows], series, r"$\chi^2$ (reference definition)", log=True
             )
-        for index, (net, short) in enumerate((("generator", "gen"), ("discriminator", "disc"))):
+        for index, net in enumerate(self._names):
             rows = [r for r in grad if f"{net}/aggregate" in r]
             if rows:
-                keys = [f"{net}/aggregate"] + [k for k in rows[-1] if k.startswith(f"{net}.")]
+                keys = [f"{net}/aggregate"] + [k for k in self._param_names[index] if k in rows[-1]]
                 panels = {k: [r.get(k, math.nan) for r in rows] for k in keys}
-                figures[f"{short}_layer_gradient_norms"] = metric_panels(
+                figures[f"{_SHORT_NAMES.get(net, net)}_layer_gradient_norms"] = metric_panels(
                     [r["epoch"] for r in rows], panels, "gradient norm", title=f"{net} gradient norms"
                 )
         return figures
 
-    @staticmethod
-    def _training_analysis(train: list[dict], grad: list[dict]) -> Figure:
+    def _training_analysis(self, train: list[dict], grad: list[dict]) -> Figure:
         fig = Figure(figsize=(11, 4), layout="constrained")
         ax_loss, ax_grad = fig.subplots(1, 2)
         epochs = [r["epoch"] for r in train]
-        for key, label in (("d_loss", "discriminator"), ("g_loss", "generator")):
-            ax_loss.plot(epochs, [r.get(key, math.nan) for r in train], label=label)
-        ax_loss.axhline(math.log(2), linestyle="--", color="gray", linewidth=1)
-        ax_loss.annotate("ln 2 (equilibrium)", (0.01, math.log(2)), xycoords=("axes fraction", "data"), fontsize="small")
-        ax_loss.set(xlabel="epoch", ylabel="BCE loss (epoch mean)", title="losses")
+        losses = dict.fromkeys(k for r in train for k in r if k.endswith("_loss"))
+        for key in losses:
+            ax_loss.plot(epochs, [r.get(key, math.nan) for r in train], label=_LOSS_LABELS.get(key, key.removesuffix("_loss")))
+        if self._equilibrium is not None:
+            y = self._equilibrium
+            label = "ln 2" if math.isclose(y, math.log(2)) else f"{y:.3g}"
+            ax_loss.axhline(y, linestyle="--", color="gray", linewidth=1)
+            ax_loss.annotate(f"{label} (equilibrium)", (0.01, y), xycoords=("axes fraction", "data"), fontsize="small")
+        ax_loss.set(xlabel="epoch", ylabel="loss (epoch mean)", title="losses")
         ax_loss.legend(fontsize="small")
-        for net in ("generator", "discriminator"):
+        for net in self._names:
             rows = [r for r in grad if f"{net}/aggregate" in r]
             ax_grad.plot([r["epoch"] for r in rows], [r[f"{net}/aggregate"] for r in rows], label=net)
         ax_grad.set(xlabel="epoch", ylabel="aggregate gradient norm", title="gradient norms")
@@ -298,31 +341,54 @@ class GANMonitor(Callback):
 class AIDAPTWriter(BasePredictionWriter):
     """Write ``predict`` output into ``<run dir>/predictions/`` (never overwriting).
 
-    * ``<level>_invariants.npy``: (N, 5) = the 4 generated invariants and s (GeV^2, rad);
-    * ``<level>_0.npy``: (N, 16) lab events in the A(i)DAPT layout rebuilt from them, with the
-      pi+ azimuth of the input event, readable by :class:`datamodules.aidapt.AIDAPTDataModule`.
+    * ``<level>_invariants.npy``: (N, 5) = the 4 generated invariants and s (GeV^2, rad), all
+      N generated events;
+    * ``<level>_physical.npy``: (N,) bool, whether row i lies in the physical region of
+      gamma p -> pi+ pi- p, i.e. whether lab four-vectors with exactly these invariants exist
+      (:func:`hepgen.physics.kinematics.reproduces_invariants`);
+    * ``<level>_0.npy``: (M, 16) lab events in the A(i)DAPT layout rebuilt from the M physical
+      rows only, with the pi+ azimuth of the input event, readable by
+      :class:`datamodules.aidapt.AIDAPTDataModule`. Its ``event_id`` column is the row of the
+      event in ``<level>_invariants.npy`` (the indices where ``<level>_physical.npy`` is True).
+      Every written row gives back its invariants; unphysical ones have no such four-vectors.
 
-    ``level`` is ``detector`` for the folding GAN and ``vertex`` for the unfolding GAN.
+    ``level`` is ``detector`` for the folding GAN and ``vertex`` for the unfolding GAN. When a
+    file exists, all three get the suffix ``.1`` (``.2``, ...) so that they stay a set.
     """
 
     def __init__(self) -> None:
         super().__init__(write_interval="epoch")
 
-    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        from hepgen.physics.kinematics import invariants_to_lab
+    @staticmethod
+    def _paths(out: Path, level: str) -> dict[str, Path]:
+        n = 0
+        while True:
+            tag = f".{n}" if n else ""
+            paths = {k: out / f"{level}_{k}{tag}.npy" for k in ("invariants", "physical", "0")}
+            if not any(p.exists() for p in paths.values()):
+                return paths
+            n += 1
 
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         level = predictions[0]["level"]
         local = gather_predictions(trainer, predictions, ("invariants", "s", "phi"))
         if local is None:
             return
-        local = {k: v.astype(np.float64) for k, v in local.items()}
-        out = Path(trainer.default_root_dir) / "predictions"
-        invariants = np.concatenate([local["invariants"], local["s"]], axis=1)
-        events = invariants_to_lab(local["invariants"], local["s"][:, 0], local["phi"][:, 0])
-        path = next_free_path(out / f"{level}_invariants.npy")
-        write_atomically(path, partial(np.save, arr=invariants))
-        print(f"hepgen: wrote {len(invariants)} generated {level}-level invariants to {path}")
-        path = next_free_path(out / f"{level}_0.npy")
-        write_event_file(path, events)
-        print(f"hepgen: wrote them as {level}-level lab events (16-column layout) to {path}")
-
+        inv, s, phi = (local[k].astype(np.float64) for k in ("invariants", "s", "phi"))
+        s, phi = s[:, 0], phi[:, 0]
+        with np.errstate(all="ignore"):  # unphysical rows may overflow a cosine; they are flagged
+            physical = reproduces_invariants(invariants_to_lab(inv, s, phi), inv, s)
+        kept = np.flatnonzero(physical)
+        events = invariants_to_lab(inv[kept], s[kept], phi[kept])
+        events[:, COLUMNS.index("event_id")] = kept  # the row in <level>_invariants.npy
+        paths = self._paths(Path(trainer.default_root_dir) / "predictions", level)
+        write_atomically(paths["invariants"], partial(np.save, arr=np.concatenate([inv, s[:, None]], axis=1)))
+        write_atomically(paths["physical"], partial(np.save, arr=physical))
+        write_event_file(paths["0"], events)
+        dropped = len(inv) - len(kept)
+        print(f"hepgen: wrote {len(inv)} generated {level}-level invariants to {paths['invariants']}")
+        print(
+            f"hepgen: {dropped} of them ({100 * dropped / max(len(inv), 1):.2f} %) lie outside the physical region "
+            f"(flagged False in {paths['physical']}); the other {len(kept)} went to {paths['0']} as lab "
+            "events (16-column layout, event_id = row in the invariants file)"
+        )

@@ -31,6 +31,9 @@ def classifier_features(showers: dict[str, np.ndarray], energy_gev: np.ndarray) 
 class CaloMetrics(PhysicsMetric):
     """CaloGAN observables, real vs generated at the same incident energies, in physical units.
 
+    Reads the model's ``evaluation_samples``: ``layer_0`` (B, 3, 96), ``layer_1`` (B, 12, 12),
+    ``layer_2`` (B, 12, 6) in MeV and ``energy`` (B, 1) in GeV (the same on both sides).
+
     For every observable of :mod:`hepgen.physics.calo_observables` it logs the KS distance
     (``ks/<name>``) and the CaloChallenge separation power (``sep/<name>``); per layer the
     occupancy of reference and model and their difference in percentage points
@@ -51,13 +54,6 @@ class CaloMetrics(PhysicsMetric):
         super().__init__(**kwargs)
         self.threshold_mev = threshold_mev
         self.classifier_epochs = classifier_epochs
-
-    def collect(self, pl_module, batch, generator):
-        generated = pl_module.generate(batch["energy"], batch.get("particle"), generator)
-        energy = batch["energy"].detach().cpu().numpy()
-        reference = {k: batch[k].detach().cpu().numpy() for k in LAYER_KEYS}
-        generated = {k: v.detach().cpu().numpy() for k, v in generated.items()}
-        return {**reference, "energy": energy}, {**generated, "energy": energy}
 
     def _observables(self, showers: dict) -> dict[str, np.ndarray]:
         return compute_observables(showers, showers["energy"], self.threshold_mev)

@@ -219,3 +219,22 @@ def test_dalitz_plot_is_flat_at_fixed_energy():
     stat = ((cells - cells.mean()) ** 2 / cells.mean()).sum()
     assert chi2.sf(stat, full.sum() - 1) > 1e-3
     assert np.all(inside(s23, s13, tol=1e-9))
+
+
+def test_physics_imports_nothing_from_io():
+    """hepgen.physics is pure formulas: the readers may use it, not the other way round."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import hepgen.io.aidapt
+    import hepgen.physics.kinematics
+
+    code = (
+        "import sys, hepgen.physics.kinematics, hepgen.physics.calo_observables, hepgen.physics.calo_geometry; "
+        "print(sorted(m for m in sys.modules if m.startswith('hepgen.io')))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[]"
+    assert hepgen.io.aidapt.COLUMNS is hepgen.physics.kinematics.COLUMNS  # one layout, read by both

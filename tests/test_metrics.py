@@ -113,3 +113,18 @@ def test_auc_trains_inside_inference_mode():
     with torch.inference_mode():
         auc = two_sample_auc(rng.normal(0, 1, (600, 1)), rng.normal(2, 1, (600, 1)), epochs=5)
     assert auc > 0.8
+
+
+def test_density_chi2_divides_by_the_target_density():
+    """sum_i (g_i - t_i)^2 / t_i over density histograms, worked by hand: 2 bins of width 1 on
+    [-1, 1]; the target has 3 of 4 events in bin 0 (t = 0.75, 0.25), the generated sample one
+    in each (g = 0.5, 0.5): 0.0625 / 0.75 + 0.0625 / 0.25 = 1/3 (0.125 without the division)."""
+    from hepgen.metrics.distributions import density_chi2
+
+    target = np.array([-0.75, -0.75, -0.75, 0.25])
+    assert density_chi2(np.array([-0.5, 0.5]), target, bins=2) == pytest.approx(1 / 3, rel=1e-12)
+    # an empty target bin counts with density 1e-6, as in the reference
+    expected = 0.25 + (0.5 - 1e-6) ** 2 / 1e-6
+    assert density_chi2(np.array([-0.5, 0.5]), np.array([-0.5, -0.5]), bins=2) == pytest.approx(expected, rel=1e-12)
+    # asymmetric: the generated sample is not the denominator
+    assert density_chi2(target, np.array([-0.5, 0.5]), bins=2) == pytest.approx(0.0625 / 0.5 * 2, rel=1e-12)

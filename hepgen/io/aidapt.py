@@ -22,6 +22,7 @@ index  name        content
 from __future__ import annotations
 
 import os
+import secrets
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,15 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from hepgen.io.errors import DataFileError
+from hepgen.physics.kinematics import COLUMNS  # the layout lives with the formulas that read it
 
-COLUMNS = (
-    "event_id", "MX2", "E_gamma", "phi_pip",
-    "px_p", "px_pip", "px_pim",
-    "py_p", "py_pip", "py_pim",
-    "pz_p", "pz_pip", "pz_pim",
-    "E_p", "E_pip", "E_pim",
-)  # fmt: skip
-N_COLUMNS = 16
+N_COLUMNS = len(COLUMNS)
 
 DOWNLOAD_HINT = (
     "The real A(i)DAPT files (ps_/realistic_ vertex and detector .npy) come from the JLab A(i)DAPT "
@@ -163,7 +158,8 @@ def write_atomically(path: str | Path, write: Callable) -> Path:
     if path.exists():
         raise FileExistsError(refuse)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    # pid and a random part: processes on different nodes of a shared filesystem may share a pid
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
         with open(tmp, "wb") as f:
             write(f)

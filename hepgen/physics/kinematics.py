@@ -8,8 +8,10 @@ Every function takes numpy arrays or torch tensors (and returns the same kind an
 same code makes the training targets from files and the physics metrics from model output. The
 few operations whose numpy and torch names differ go through the small ``_`` helpers below.
 
-Events use the 16-column A(i)DAPT layout :data:`hepgen.io.aidapt.COLUMNS`; it is
-component-major (all px, then all py, ...), not particle-major.
+Events use the 16-column A(i)DAPT layout :data:`COLUMNS` (defined here, next to the formulas
+that read it, so that ``hepgen.physics`` imports nothing from ``hepgen.io``; the file reader
+:mod:`hepgen.io.aidapt` takes it from here); it is component-major (all px, then all py, ...),
+not particle-major.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import math
 import numpy as np
 import torch
 
-from hepgen.io.aidapt import COLUMNS
+#: The 16 columns of an A(i)DAPT event (lab frame, GeV); see :mod:`hepgen.io.aidapt` for their meaning.
+COLUMNS = (
+    "event_id", "MX2", "E_gamma", "phi_pip",
+    "px_p", "px_pip", "px_pim",
+    "py_p", "py_pip", "py_pim",
+    "pz_p", "pz_pip", "pz_pim",
+    "E_p", "E_pip", "E_pim",
+)  # fmt: skip
 
 #: Proton and charged-pion masses, GeV (the values of the A(i)DAPT config).
 M_PROTON = 0.93827
@@ -240,7 +249,7 @@ def invariants_to_lab(invariants: np.ndarray, s: np.ndarray, phi_pip: np.ndarray
         phi_pip: (N,) lab azimuth of the π+, rad.
 
     Returns:
-        (N, 16) float64 in the :data:`hepgen.io.aidapt.COLUMNS` layout; event_id = row index.
+        (N, 16) float64 in the :data:`COLUMNS` layout; event_id = row index.
     """
     inv = np.asarray(invariants, dtype=np.float64)
     s = np.asarray(s, dtype=np.float64).reshape(-1)
@@ -286,3 +295,52 @@ def invariants_to_lab(invariants: np.ndarray, s: np.ndarray, phi_pip: np.ndarray
         for component, column in zip(range(4), _PARTICLE_COLUMNS[name]):
             events[:, column] = p[:, component]
     return events
+
+
+# ------------------------------------------------------------------ the physical region
+
+#: Default tolerance of the round trip invariants -> lab -> invariants: GeV² for s_{pπ−},
+#: s_{π+π−}, t_{π+} and s, rad for alpha. Float64 rounding stays below 1e-10 inside the region;
+#: the detector resolution is 1e-2, so 1e-6 separates rounding from a real mismatch.
+ROUND_TRIP_ATOL = 1e-6
+
+
+def reproduces_invariants(events, invariants, s, atol: float = ROUND_TRIP_ATOL) -> np.ndarray:
+    """Whether lab events have the given invariants: (N,) bool.
+
+    Args:
+        events: (N, 16) lab events in the :data:`COLUMNS` layout, GeV.
+        invariants: (N, 4) s_{pπ−}, s_{π+π−}, t_{π+} (GeV²), alpha (rad).
+        s: (N,) or (N, 1) GeV².
+        atol: largest accepted difference (GeV², rad). alpha is compared modulo 2π (an angle),
+            so alpha = 2π + x is reproduced by an event with alpha = x.
+    """
+    inv = np.asarray(invariants, dtype=np.float64)
+    rebuilt = lab_to_invariants(np.asarray(events, dtype=np.float64))
+    with np.errstate(invalid="ignore"):
+        close = np.abs(rebuilt[:, :3] - inv[:, :3]) <= atol
+        turn = (rebuilt[:, 3] - inv[:, 3] + math.pi) % _TWO_PI - math.pi
+        s_close = np.abs(rebuilt[:, 4] - np.asarray(s, dtype=np.float64).reshape(-1)) <= atol
+    return close.all(axis=1) & (np.abs(turn) <= atol) & s_close
+
+
+def in_physical_region(invariants, s, atol: float = ROUND_TRIP_ATOL) -> np.ndarray:
+    """Whether invariants at s lie in the physical region of γp → π+π−p: (N,) bool.
+
+    Physical means that a final state p, π+, π− on their mass shells exists with exactly these
+    invariants: :func:`invariants_to_lab` builds it, and :func:`lab_to_invariants` gives them
+    back within ``atol``. Outside the region invariants_to_lab clips a cosine or a momentum, and
+    the round trip lands elsewhere. The region is the Dalitz region of (s_{pπ−}, s_{π+π−}) at
+    W = √s together with |cos θ*_{π+}| ≤ 1 for t_{π+}; alpha is any angle. Non-finite values
+    are unphysical.
+
+    Args:
+        invariants: (N, 4) s_{pπ−}, s_{π+π−}, t_{π+} (GeV²), alpha (rad); numpy or torch.
+        s: (N,) or (N, 1) GeV².
+        atol: see :func:`reproduces_invariants`.
+    """
+    inv = np.asarray(invariants, dtype=np.float64)
+    s = np.asarray(s, dtype=np.float64).reshape(-1)
+    with np.errstate(all="ignore"):  # far outside, a cosine overflows: clipped, then flagged
+        events = invariants_to_lab(inv, s, np.zeros_like(s))
+    return reproduces_invariants(events, inv, s, atol)
