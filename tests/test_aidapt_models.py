@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+import torch.multiprocessing as mp
+from torch.utils.data import Dataset
 
 from datamodules.aidapt import AIDAPTDataModule
-from hepgen.models.aidapt import FoldingGAN, UnfoldingGAN, load_folding_gan
+from hepgen.errors import HepgenError
+from hepgen.models.aidapt import FoldingGAN, UnfoldingGAN
 from hepgen.nn.scaling import MinMaxScaler
-from tests.conftest import AIDAPT_EVENTS, tiny_folding_gan
+from tests.conftest import AIDAPT_EVENTS, ROOT, tiny_folding_gan
 
 
 def _data(folder, kind="ps", batch_size=2000) -> AIDAPTDataModule:
@@ -136,9 +140,12 @@ def test_unfolding_never_changes_the_folding_generator(aidapt_dir, folding_ckpt,
     assert all(p.grad is None for p in model.folding.parameters())
 
 
-def test_missing_folding_checkpoint_names_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
-        load_folding_gan(tmp_path / "nothing.ckpt")
+def test_missing_folding_checkpoint_is_a_one_line_error_naming_the_option(tmp_path):
+    with pytest.raises(HepgenError) as error:
+        UnfoldingGAN(folding_ckpt=str(tmp_path / "nothing.ckpt"))
+    message = str(error.value)
+    assert message.startswith("folding_ckpt: ") and "nothing.ckpt" in message and "\n" not in message
+    assert "experiments/aidapt/inner.yaml" in message  # says what to do
 
 
 def test_cli_run_keeps_the_newest_epoch_in_last_ckpt_and_resumes_from_it(aidapt_dir, tmp_path):
@@ -181,3 +188,155 @@ def test_lr_decay_reaches_zero_at_max_epochs(aidapt_dir, tmp_path):
     trainer.fit(model, _data(aidapt_dir))
     assert lrs == [pytest.approx([1e-3 * (1 - e / 4)] * 2) for e in range(4)]
     assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == pytest.approx([0.0, 0.0])
+
+
+def test_lr_scheduler_from_the_command_line_replaces_lr_decay(aidapt_dir, tmp_path):
+    from hepgen.cli import HepgenCLI
+
+    scheduler = '{"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": 0.5}}'
+    cli = HepgenCLI(args=[
+        "-c", str(ROOT / "tests" / "conf" / "aidapt_tiny.yaml"), "--data.init_args.data_dir", str(aidapt_dir),
+        "--model.init_args.lr_scheduler_d", scheduler,
+    ], run=False)  # fmt: skip
+    model = cli.model
+    model.trainer = SimpleNamespace(max_epochs=3)
+    optimizers, schedulers = model.configure_optimizers()
+    assert len(optimizers) == 2 and len(schedulers) == 1  # only D's learning rate is scheduled
+    assert isinstance(schedulers[0], torch.optim.lr_scheduler.StepLR) and schedulers[0].gamma == 0.5
+    assert schedulers[0].optimizer is optimizers[1]
+    assert "lr_scheduler_d" not in model.hparams  # factories are not hyperparameters
+
+
+# --- the evaluation protocol (C3) ----------------------------------------------------------------
+
+
+def _first(split: dict, n: int = 300) -> dict:
+    return {k: v[:n] for k, v in split.items()}
+
+
+def test_folding_evaluation_samples(aidapt_dir, folding_ckpt):
+    model = FoldingGAN.load_from_checkpoint(folding_ckpt).eval()
+    batch = _first(_data(aidapt_dir).datasets["val"].tensors)
+    samples = model.evaluation_samples(batch, torch.Generator().manual_seed(5))
+    other = model.evaluation_samples(batch, torch.Generator().manual_seed(6))
+    assert list(samples) == ["detector", "detector_scaled", "detector_condition", "detector_s"]
+    assert all(s.shape == (300, 4) for name, pair in samples.items() if name != "detector_s" for s in pair)
+    assert torch.equal(samples["detector_s"][0], batch["s_detector"]) and torch.equal(samples["detector_s"][1], batch["s_vertex"])
+    # the reference sides are the data, whatever the generator
+    reference, generated = samples["detector"]
+    assert torch.equal(reference, batch["detector"])
+    assert torch.equal(samples["detector_scaled"][0], model.d_scaler(batch["detector"]))
+    for name in samples:
+        assert torch.equal(samples[name][0], other[name][0]), name
+    # the generated side draws exactly as fold() does
+    assert torch.equal(generated, model.fold(batch["vertex"], batch["s_vertex"], torch.Generator().manual_seed(5)))
+    assert not torch.equal(generated, other["detector"][1])
+    torch.testing.assert_close(samples["detector_scaled"][1], model.d_scaler(generated))
+    condition = samples["detector_condition"]
+    assert torch.equal(condition[0], condition[1]) and torch.equal(condition[0], model.discriminator_label(batch))
+
+
+def test_unfolding_evaluation_samples_with_and_without_truth(aidapt_dir, folding_ckpt):
+    model = UnfoldingGAN(
+        folding_ckpt=str(folding_ckpt), noise_dim=8, generator_widths=(16,), discriminator_widths=(16,)
+    )
+    model.eval()
+    batch = _first(_data(aidapt_dir, kind="realistic").datasets["val"].tensors)
+    samples = model.evaluation_samples(batch, torch.Generator().manual_seed(5))
+    names = [f"{level}{suffix}" for level in ("detector", "vertex") for suffix in ("", "_scaled", "_condition", "_s")]
+    assert list(samples) == names
+    assert torch.equal(samples["vertex_s"][0], batch["s_vertex"]) and torch.equal(samples["vertex_s"][1], batch["s_detector"])
+    assert samples["detector_condition"][0].shape == (300, 1)
+    assert torch.equal(samples["detector_condition"][0], model.s_scaler(batch["s_detector"]))
+    assert torch.equal(samples["vertex"][0], batch["vertex"]) and torch.equal(samples["detector"][0], batch["detector"])
+    # the unfolding draws first: the unfolded vertex events are unfold()'s
+    assert torch.equal(samples["vertex"][1], model.unfold(batch["s_detector"], torch.Generator().manual_seed(5)))
+    other = model.evaluation_samples(batch, torch.Generator().manual_seed(6))
+    assert all(torch.equal(samples[k][0], other[k][0]) for k in samples)
+    assert not torch.equal(samples["detector"][1], other["detector"][1])
+
+    measured = {k: v for k, v in batch.items() if k != "vertex"}  # real data: no truth
+    assert list(model.evaluation_samples(measured, torch.Generator().manual_seed(5))) == [
+        "detector", "detector_scaled", "detector_condition", "detector_s"
+    ]  # fmt: skip
+
+
+# --- statistics only through training_sample (C2) -------------------------------------------------
+
+
+class _EventsWithoutTensors(Dataset):
+    """A training split that, like a lazy HDF5 dataset, has no in-RAM ``tensors`` attribute."""
+
+    def __init__(self, events: dict) -> None:
+        self._events = events
+
+    def __len__(self) -> int:
+        return len(next(iter(self._events.values())))
+
+    def __getitems__(self, indices):
+        return {k: v[torch.as_tensor(indices)] for k, v in self._events.items()}
+
+
+class _LazyAIDAPT(AIDAPTDataModule):
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if not isinstance(self.datasets["train"], _EventsWithoutTensors):
+            self._train = self.datasets["train"].tensors
+            self.datasets["train"] = _EventsWithoutTensors(self._train)
+        self.samples_taken = 0
+
+    def training_sample(self, n=None):
+        self.samples_taken += 1
+        return {k: v[:n] for k, v in self._train.items()}
+
+
+def test_folding_scalers_are_fitted_through_training_sample(aidapt_dir, tmp_path):
+    data = _LazyAIDAPT(data_dir=str(aidapt_dir), source="made", made_events=AIDAPT_EVENTS, batch_size=2000)
+    model = tiny_folding_gan()
+    _trainer(tmp_path, max_steps=0).fit(model, data)
+    assert data.samples_taken == 1
+    train = data._train
+    assert torch.equal(model.v_scaler.data_min, train["vertex"].double().min(0).values)
+    s = train["s_vertex"].double()
+    assert torch.equal(model.s_scaler.data_range, s.max(0).values - s.min(0).values)
+
+
+# --- validation chi2 under DDP (C3: model-internal evaluation) -----------------------------------
+
+
+def _validate(model: FoldingGAN, batches: list[dict], rank: int, world_size: int) -> dict[str, float]:
+    """The logged val metrics of ``model`` on ``batches`` as rank ``rank`` of ``world_size`` sees them."""
+    logged = {}
+    model.log_dict = lambda values, **kwargs: logged.update(values)
+    model.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+    model.on_validation_epoch_start()
+    with torch.no_grad():
+        for batch_idx, batch in enumerate(batches[rank::world_size]):  # the C2 evaluation sampler
+            model.validation_step(batch, batch_idx)
+    model.on_validation_epoch_end()
+    return logged
+
+
+def _ddp_validate(rank: int, world_size: int, init_file: str, ckpt: str, batches: list, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        model = FoldingGAN.load_from_checkpoint(ckpt).eval()
+        torch.save(_validate(model, batches, rank, world_size), f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_validation_chi2_on_two_ranks_equals_the_single_process_value(aidapt_dir, folding_ckpt, tmp_path):
+    val = _first(_data(aidapt_dir).datasets["val"].tensors, 857)
+    size = 200  # 5 batches, the last one short: rank 0 gets 3, rank 1 gets 2
+    batches = [{k: v[i : i + size] for k, v in val.items()} for i in range(0, 857, size)]
+    assert len(batches) == 5 and len(batches[-1]["vertex"]) == 57
+    single = _validate(FoldingGAN.load_from_checkpoint(folding_ckpt).eval(), batches, rank=0, world_size=1)
+    out = tmp_path / "logged"
+    # two real gloo ranks; forked, so they start in a fraction of a second (no re-import)
+    args = (2, str(tmp_path / "pg"), str(folding_ckpt), batches, str(out))
+    mp.start_processes(_ddp_validate, args=args, nprocs=2, start_method="fork")
+    for rank in (0, 1):
+        assert torch.load(f"{out}.{rank}") == single, rank  # exact: same noise per event, same sample
+    assert set(single) >= {"val/chi2", "val/disc_acc", "val/chi2/alpha"}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from torch.utils.data import Dataset
 
 from datamodules import CaloGANDataModule
 from hepgen.cli import main
@@ -123,3 +125,85 @@ def test_predict_writes_a_file_the_datamodule_reads(calogan_dir, tmp_path):
     read = torch.cat([dm.datasets[s].tensors["energy"] for s in ("train", "val")])
     assert np.allclose(np.sort(read.numpy().ravel()), np.sort(expected.ravel()))
     assert (read > 0).all() and all((dm.datasets["val"].tensors[k] >= 0).all() for k in LAYER_KEYS)
+
+
+def _fitted_tiny_vae(n: int = 300) -> tuple[CaloVAE, dict[str, torch.Tensor]]:
+    """A tiny untrained CaloVAE with a fitted representation, and the showers it was fitted on."""
+    showers = {k: torch.from_numpy(v) for k, v in simulate_showers(n, seed=4).items()}
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16)
+    model.representation.fit([showers[k].flatten(1) for k in LAYER_KEYS], showers["energy"])
+    return model.eval(), showers
+
+
+def test_evaluation_samples_draw_as_generate_and_keep_the_reference(tmp_path):
+    model, showers = _fitted_tiny_vae()
+    batch = {k: showers[k][:50] for k in (*LAYER_KEYS, "energy")}
+    samples = model.evaluation_samples(batch, torch.Generator().manual_seed(3))
+    assert list(samples) == [*LAYER_KEYS, "energy"]
+    shapes = {"layer_0": (50, 3, 96), "layer_1": (50, 12, 12), "layer_2": (50, 12, 6), "energy": (50, 1)}
+    assert {k: (r.shape, g.shape) for k, (r, g) in samples.items()} == {k: (s, s) for k, s in shapes.items()}
+    generated = model.generate(batch["energy"], generator=torch.Generator().manual_seed(3))
+    other = model.evaluation_samples(batch, torch.Generator().manual_seed(4))
+    for key in LAYER_KEYS:
+        assert torch.equal(samples[key][0], batch[key]) and torch.equal(other[key][0], batch[key])
+        assert torch.equal(samples[key][1], generated[key])  # the same random draws as generate()
+    assert not torch.equal(samples["layer_0"][1], other["layer_0"][1])
+    assert torch.equal(samples["energy"][0], batch["energy"]) and torch.equal(samples["energy"][1], batch["energy"])
+
+
+def test_validation_noise_is_seeded_by_the_global_batch_index():
+    model, showers = _fitted_tiny_vae(64)
+    seeds = []
+    losses = model.losses
+
+    def spy(batch, generator=None):
+        seeds.append(generator.initial_seed())
+        return losses(batch, generator)
+
+    model.losses = spy
+    model.log_dict = lambda *args, **kwargs: None
+    batch = {k: showers[k][:16] for k in (*LAYER_KEYS, "energy")}
+    # rank 1 of 2 holds the single-process batches 1, 3, 5, ...: its batch 0 is global batch 1
+    model.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    for batch_idx in range(3):
+        model.validation_step(batch, batch_idx)
+    model.trainer = SimpleNamespace(world_size=1, global_rank=0)
+    model.validation_step(batch, 2)
+    assert seeds == [1, 3, 5, 2]
+
+
+class _ShowersWithoutTensors(Dataset):
+    """A training split that, like a lazy HDF5 dataset, has no in-RAM ``tensors`` attribute."""
+
+    def __init__(self, events: dict) -> None:
+        self._events = events
+
+    def __len__(self) -> int:
+        return len(self._events["energy"])
+
+    def __getitems__(self, indices):
+        return {k: v[torch.as_tensor(indices)] for k, v in self._events.items()}
+
+
+class _LazyCaloGAN(CaloGANDataModule):
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if not isinstance(self.datasets["train"], _ShowersWithoutTensors):
+            self._train = self.datasets["train"].tensors
+            self.datasets["train"] = _ShowersWithoutTensors(self._train)
+        self.samples_taken = 0
+
+    def training_sample(self, n=None):
+        self.samples_taken += 1
+        return {k: v[:n] for k, v in self._train.items()}
+
+
+def test_statistics_are_fitted_through_training_sample(calogan_dir):
+    dm = _LazyCaloGAN(data_dir=str(calogan_dir), source="made", made_events=600, batch_size=64)
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16)
+    Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0).fit(model, dm)
+    assert dm.samples_taken == 1 and bool(model.representation.fitted)
+    expected = ShowerRepresentation([model.representation.layer_cells[i] for i in range(3)])
+    expected.fit([dm._train[k].flatten(1) for k in LAYER_KEYS], dm._train["energy"])
+    assert torch.equal(model.representation.y_mean, expected.y_mean)

@@ -16,6 +16,7 @@ non-saturating generator update. Shapes: B events, scaled units unless stated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -23,17 +24,20 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
+from datamodules.base import global_batch_index
+from hepgen.errors import ConfigValueError
 from hepgen.metrics.distributions import density_chi2
+from hepgen.models.gan import AdversarialModule, gather_from_ranks
 from hepgen.nn.cgan import ConditionalDiscriminator, ConditionalGenerator
 from hepgen.nn.scaling import MinMaxScaler
 from hepgen.physics.kinematics import INVARIANT_NAMES
 
 BatchNormMode = Literal["batch", "frozen"]
+#: Constructor arguments that are factories, not hyperparameters (they are not saved).
+_FACTORIES = ["optimizer_g", "optimizer_d", "lr_scheduler_g", "lr_scheduler_d"]
 
 
 def reference_adam(params) -> torch.optim.Adam:
@@ -41,7 +45,7 @@ def reference_adam(params) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=1e-5, betas=(0.5, 0.999), eps=1e-7)
 
 
-class _AdversarialModule(LightningModule):
+class _AIDAPTGAN(AdversarialModule):
     """The shared step, evaluation and scalers of the AIDAPT GANs.
 
     Subclasses build ``generator``, ``discriminator`` and the scalers, and implement
@@ -49,17 +53,25 @@ class _AdversarialModule(LightningModule):
     and :meth:`_fake` (a fresh generated batch in D's space).
     """
 
-    automatic_optimization = False
     monitor = "val/chi2"
     monitor_mode = "min"
+    default_optimizer = staticmethod(reference_adam)
+    # binary cross-entropy of D's output 1/2 against any target in [0, 1.05]
+    loss_equilibrium = math.log(2.0)
 
     def __init__(
-        self, optimizer_g: OptimizerCallable | None, optimizer_d: OptimizerCallable | None, lr_decay: bool = False
+        self,
+        optimizer_g: OptimizerCallable | None,
+        optimizer_d: OptimizerCallable | None,
+        lr_decay: bool = False,
+        lr_scheduler_g: LRSchedulerCallable | None = None,
+        lr_scheduler_d: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__()
-        self.lr_decay = lr_decay
-        self.optimizer_g_factory = optimizer_g or reference_adam
-        self.optimizer_d_factory = optimizer_d or reference_adam
+        super().__init__(
+            optimizers={"generator": optimizer_g, "discriminator": optimizer_d},
+            lr_schedulers={"generator": lr_scheduler_g, "discriminator": lr_scheduler_d},
+            lr_decay=lr_decay,
+        )
         self._start_evaluation()
 
     # --- what a subclass provides ----------------------------------------------------------
@@ -77,30 +89,10 @@ class _AdversarialModule(LightningModule):
         return self.discriminator(label, x)
 
     def _noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn((n, self.hparams.noise_dim), generator=generator, device=self.device)
+        return self.noise((n, self.hparams.noise_dim), generator)
 
     # --- training ----------------------------------------------------------------------------
-    def configure_optimizers(self):
-        # order matters: the gradient-norm callback and the step below take (G, D)
-        optimizers = [
-            self.optimizer_g_factory(self.generator.parameters()),
-            self.optimizer_d_factory(self.discriminator.parameters()),
-        ]
-        if not self.lr_decay:
-            return optimizers
-        # Linear decay to 0 at max_epochs: the late, small steps let the pair settle instead of
-        # oscillating around the equilibrium, so the last epoch is a converged model.
-        epochs = max(int(self.trainer.max_epochs or 1), 1)
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda e: max(0.0, 1.0 - e / epochs)) for o in optimizers]
-        return optimizers, schedulers
-
-    def on_train_epoch_end(self) -> None:
-        if self.lr_decay:  # manual optimization: the schedulers are stepped here, once per epoch
-            for scheduler in self.lr_schedulers():
-                scheduler.step()
-
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        opt_g, opt_d = self.optimizers()
         label = self.discriminator_label(batch)
         real = self._real(batch)
         n = len(real)
@@ -116,20 +108,16 @@ class _AdversarialModule(LightningModule):
         for _ in range(self.hparams.n_disc):
             logits = self.critic(d_label, samples)
             d_loss = F.binary_cross_entropy_with_logits(logits, targets)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_loss)
-            opt_d.step()
+            self.take_step("discriminator", d_loss)
         # accuracy of the last D pass, taken before its update (the reference's disc_acc)
         disc_acc = ((logits.detach() > 0) == (is_real > 0.5)).float().mean()
 
         # G update: D's parameters are switched off, so no D weight gradients are computed.
-        self.toggle_optimizer(opt_g)
-        g_logits = self.critic(label, self._fake(batch))
-        g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
+        with self.toggled_optimizer(self.optimizer("generator")):
+            g_logits = self.critic(label, self._fake(batch))
+            g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
+            self.take_step("generator", g_loss)
+        self.update_averages()
         self.log_dict(
             {"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach(), "train/disc_acc": disc_acc},
             on_step=False,
@@ -141,33 +129,38 @@ class _AdversarialModule(LightningModule):
 
     # --- validation and test: the reference chi2 and D accuracy on held-out events -------------
     def _start_evaluation(self) -> None:
-        self._eval_generated: list[torch.Tensor] = []
-        self._eval_real: list[torch.Tensor] = []
-        self._eval_correct: list[torch.Tensor] = []
+        # (global batch index, generated (B, 4), real (B, 4), D correct (2B,)) per batch
+        self._eval_batches: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def _evaluation_step(self, batch: dict, batch_idx: int) -> None:
-        # A fixed noise stream per batch: comparable across epochs, and the global random state
-        # (which exact resume relies on) is not touched.
-        generator = torch.Generator(device=self.device).manual_seed(self.hparams.eval_seed + batch_idx)
+        # A fixed noise stream per batch, seeded by the batch's index in the single-process
+        # order: comparable across epochs, the same events get the same noise on any number of
+        # ranks, and the global random state (which exact resume relies on) is not touched.
+        index = global_batch_index(self._trainer, batch_idx)
+        generator = torch.Generator(device=self.device).manual_seed(self.hparams.eval_seed + index)
         label = self.discriminator_label(batch)
         real, fake = self._real(batch), self._fake(batch, generator)
         logits = self.critic(torch.cat([label, label]), torch.cat([fake, real]))
         is_real = torch.cat([torch.zeros(len(real), device=self.device), torch.ones(len(real), device=self.device)])
-        self._eval_correct.append(((logits > 0) == (is_real > 0.5)).cpu())
-        self._eval_generated.append(fake.cpu())
-        self._eval_real.append(real.cpu())
+        correct = (logits > 0) == (is_real > 0.5)
+        self._eval_batches.append((index, fake.cpu(), real.cpu(), correct.cpu()))
 
     def _end_evaluation(self, stage: str) -> None:
-        if not self._eval_real:
+        # chi2 is not additive over ranks: every rank gathers all batches, in single-process order
+        parts = gather_from_ranks(self._trainer, self._eval_batches)
+        batches = sorted((b for part in parts for b in part), key=lambda b: b[0])
+        self._start_evaluation()
+        if not batches:
             return
-        generated = torch.cat(self._eval_generated).double().numpy()
-        real = torch.cat(self._eval_real).double().numpy()
+        generated = torch.cat([b[1] for b in batches]).double().numpy()
+        real = torch.cat([b[2] for b in batches]).double().numpy()
         chi2 = {name: density_chi2(generated[:, i], real[:, i]) for i, name in enumerate(INVARIANT_NAMES)}
         values = {f"{stage}/chi2/{name}": v for name, v in chi2.items()}
         values[f"{stage}/chi2"] = float(np.mean(list(chi2.values())))
-        values[f"{stage}/disc_acc"] = torch.cat(self._eval_correct).float().mean().item()
-        self.log_dict(values, prog_bar=False, sync_dist=True)
-        self._start_evaluation()
+        values[f"{stage}/disc_acc"] = torch.cat([b[3] for b in batches]).float().mean().item()
+        # Every rank holds the same values; a max over ranks keeps them exact (a mean of W equal
+        # floats need not be) and every rank logs them, so ModelCheckpoint can monitor them.
+        self.log_dict(values, prog_bar=False, sync_dist=True, reduce_fx="max")
 
     def on_validation_epoch_start(self) -> None:
         self._start_evaluation()
@@ -186,7 +179,7 @@ class _AdversarialModule(LightningModule):
         self._end_evaluation("test")
 
 
-class FoldingGAN(_AdversarialModule):
+class FoldingGAN(_AIDAPTGAN):
     """Inner GAN: detector invariants = G(vertex invariants [, s], z); a learned detector.
 
     Batches (physical units, from :class:`datamodules.aidapt.AIDAPTDataModule`):
@@ -212,8 +205,9 @@ class FoldingGAN(_AdversarialModule):
         label_noise: U(0, label_noise) added to the 0/1 targets of D (reference 0.05).
         optimizer_g, optimizer_d: optimizer factories (default: the reference Adam).
         lr_decay: decay both learning rates linearly to 0 at the trainer's max_epochs
-            (the reference keeps them constant).
-        eval_seed: seed of the validation noise.
+            (the reference keeps them constant; :class:`hepgen.models.gan.LinearDecayLR`).
+        lr_scheduler_g, lr_scheduler_d: learning-rate schedulers instead, stepped once per epoch.
+        eval_seed: seed of the validation noise (plus the global batch index).
     """
 
     def __init__(
@@ -230,11 +224,13 @@ class FoldingGAN(_AdversarialModule):
         optimizer_d: OptimizerCallable | None = None,
         lr_decay: bool = False,
         eval_seed: int = 0,
+        lr_scheduler_g: LRSchedulerCallable | None = None,
+        lr_scheduler_d: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(optimizer_g, optimizer_d, lr_decay)
+        super().__init__(optimizer_g, optimizer_d, lr_decay, lr_scheduler_g, lr_scheduler_d)
         if generator_bn not in ("batch", "frozen"):
             raise ValueError(f"generator_bn={generator_bn!r}: choose 'batch' or 'frozen'.")
-        self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"])
+        self.save_hyperparameters(ignore=_FACTORIES)
         n_inv = len(INVARIANT_NAMES)
         label_dim = n_inv + int(condition_on_s)
         self.generator = ConditionalGenerator(
@@ -248,8 +244,23 @@ class FoldingGAN(_AdversarialModule):
         # detector resolution per invariant in scaled units (fitted with the scalers)
         self.register_buffer("resolution", torch.ones(n_inv))
 
+    @classmethod
+    def load_frozen(
+        cls, spec: str | Path, option: str = "folding_ckpt", hint: str = "", root: str | Path | None = None
+    ) -> FoldingGAN:
+        """A trained FoldingGAN from a checkpoint path or run reference, frozen (the unfolding's ``folding_ckpt``)."""
+        hint = hint or (
+            "Train the folding GAN first (hepgen fit -c experiments/aidapt/inner.yaml) and point "
+            f"{option} at its checkpoint (a file, or run:aidapt/inner@latest:last)."
+        )
+        folding = super().load_frozen(spec, option=option, hint=hint, root=root)
+        if not bool(folding.v_scaler.fitted):
+            raise ConfigValueError(f"{option}: {spec} holds no fitted scalers; it is not a trained FoldingGAN.")
+        return folding
+
     # --- scalers: fitted once on the training split, then part of the checkpoint --------------
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self._ensure_scalers(training=True)
 
     def on_test_start(self) -> None:
@@ -269,9 +280,7 @@ class FoldingGAN(_AdversarialModule):
                 "this FoldingGAN is untrained (no checkpoint given): its scalers are fitted on the training "
                 "split now and its output is noise. Pass --ckpt_path last (or best, or a file) to evaluate a trained one."
             )
-        if "train" not in datamodule.datasets:
-            datamodule.setup("fit")
-        train = datamodule.datasets["train"].tensors
+        train = datamodule.training_sample()  # the datamodule contract: works for lazy datasets too
         self.fit_scalers(train["vertex"], train["detector"], train["s_vertex"])
 
     def fit_scalers(self, vertex: torch.Tensor, detector: torch.Tensor, s: torch.Tensor) -> None:
@@ -313,9 +322,10 @@ class FoldingGAN(_AdversarialModule):
         """
         label = self.generator_label(vertex_scaled, s_scaled)
         noise = self._noise(len(label), generator)
+        generator_net = self.network("generator")  # the averaged copy in evaluation, if any
         if self.hparams.residual_scale is None:
-            return self.generator(label, noise)
-        migration = self.generator(label, noise)  # in detector resolutions
+            return generator_net(label, noise)
+        migration = generator_net(label, noise)  # in detector resolutions
         return _wrap_periodic(self._in_detector_units(vertex_scaled) + self.resolution * migration)
 
     def _in_detector_units(self, vertex_scaled: torch.Tensor) -> torch.Tensor:
@@ -346,10 +356,21 @@ class FoldingGAN(_AdversarialModule):
     def _fake(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.fold_scaled(self.v_scaler(batch["vertex"]), self.s_scaler(batch["s_vertex"]), generator)
 
+    @torch.no_grad()
     def evaluation_samples(self, batch: dict, generator: torch.Generator) -> dict[str, tuple]:
-        """For metric callbacks: ``{level: (reference, generated)}`` in physical units (B, 4)."""
+        """The evaluation protocol: ``{name: (reference, generated)}``, B events each.
+
+        ``detector`` (B, 4) physical invariants (GeV^2, GeV^2, GeV^2, rad): simulated vs folded
+        from the same vertex events; ``detector_scaled`` the same in the detector scaler's
+        units; ``detector_condition`` (B, 4|5) the scaled condition D sees (both sides);
+        ``detector_s`` (B, 1) GeV^2, the s of each side (measured; the vertex s the GAN folds at).
+        Only the generated side draws from ``generator`` (as :meth:`fold` does).
+        """
+        batch = _float32_on(batch, self.device)
         generated = self.fold(batch["vertex"], batch["s_vertex"], generator)
-        return {"detector": (batch["detector"], generated)}
+        samples = _level_samples("detector", batch["detector"], generated, self.d_scaler, self.discriminator_label(batch))
+        samples["detector_s"] = (batch["s_detector"], batch["s_vertex"])  # each side's s, for the physical region
+        return samples
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         # global random stream: `--seed_everything` chooses the sample
@@ -357,7 +378,7 @@ class FoldingGAN(_AdversarialModule):
         return {"invariants": detector, "s": batch["s_vertex"], "phi": batch["phi_vertex"], "level": "detector"}
 
 
-class UnfoldingGAN(_AdversarialModule):
+class UnfoldingGAN(_AIDAPTGAN):
     """Outer GAN: vertex invariants = G(s, z), trained so that their folding matches the data.
 
     The frozen generator of a trained :class:`FoldingGAN` (``folding_ckpt``) maps generated
@@ -371,7 +392,8 @@ class UnfoldingGAN(_AdversarialModule):
     metrics only, the true ``vertex`` (B, 4).
 
     Args:
-        folding_ckpt: checkpoint of a trained :class:`FoldingGAN`.
+        folding_ckpt: a trained :class:`FoldingGAN`: its checkpoint file or a run reference
+            such as ``run:aidapt/inner@latest:last`` (see :func:`hepgen.models.gan.load_frozen`).
         noise_dim: dimension of z.
         generator_widths: hidden widths of G (reference 16/32/64/128/256/512/1024, BatchNorm).
         discriminator_widths: hidden widths of D (reference 1024/512/256/128/64/32/16).
@@ -379,8 +401,9 @@ class UnfoldingGAN(_AdversarialModule):
         label_noise: as in :class:`FoldingGAN`.
         optimizer_g, optimizer_d: optimizer factories (default: the reference Adam).
         lr_decay: decay both learning rates linearly to 0 at the trainer's max_epochs
-            (the reference keeps them constant).
-        eval_seed: seed of the validation noise.
+            (the reference keeps them constant; :class:`hepgen.models.gan.LinearDecayLR`).
+        lr_scheduler_g, lr_scheduler_d: learning-rate schedulers instead, stepped once per epoch.
+        eval_seed: seed of the validation noise (plus the global batch index).
     """
 
     def __init__(
@@ -395,18 +418,15 @@ class UnfoldingGAN(_AdversarialModule):
         optimizer_d: OptimizerCallable | None = None,
         lr_decay: bool = False,
         eval_seed: int = 0,
+        lr_scheduler_g: LRSchedulerCallable | None = None,
+        lr_scheduler_d: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(optimizer_g, optimizer_d, lr_decay)
-        self.save_hyperparameters(ignore=["optimizer_g", "optimizer_d"])
-        self.folding = load_folding_gan(folding_ckpt)
+        super().__init__(optimizer_g, optimizer_d, lr_decay, lr_scheduler_g, lr_scheduler_d)
+        self.save_hyperparameters(ignore=_FACTORIES)
+        self.folding = FoldingGAN.load_frozen(folding_ckpt)
         n_inv = len(INVARIANT_NAMES)
         self.generator = ConditionalGenerator(1, noise_dim, n_inv, generator_widths, batch_norm=True)
         self.discriminator = ConditionalDiscriminator(1, n_inv, discriminator_widths)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.folding.eval()  # frozen: running BatchNorm statistics, never updated
-        return self
 
     @property
     def v_scaler(self) -> MinMaxScaler:
@@ -422,7 +442,7 @@ class UnfoldingGAN(_AdversarialModule):
 
     def unfold_scaled(self, s_scaled: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled s (B, 1) -> generated scaled vertex invariants (B, 4)."""
-        return self.generator(s_scaled, self._noise(len(s_scaled), generator))
+        return self.network("generator")(s_scaled, self._noise(len(s_scaled), generator))
 
     @torch.no_grad()
     def unfold(self, s: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -440,16 +460,28 @@ class UnfoldingGAN(_AdversarialModule):
         vertex = self.unfold_scaled(s_scaled, generator)
         return self.folding.fold_scaled(vertex, s_scaled, generator)
 
+    @torch.no_grad()
     def evaluation_samples(self, batch: dict, generator: torch.Generator) -> dict[str, tuple]:
-        """``{"vertex": (true, unfolded), "detector": (measured, folded unfolded)}``, physical (B, 4)."""
-        with torch.no_grad():
-            s_scaled = self.s_scaler(batch["s_detector"].to(self.device, torch.float32))
-            vertex = self.unfold_scaled(s_scaled, generator)
-            folded = self.folding.fold_scaled(vertex, s_scaled, generator)
-        levels = {"detector": (batch["detector"], self.d_scaler.inverse(folded))}
+        """The evaluation protocol: ``{name: (reference, generated)}``, B events each.
+
+        ``detector`` (B, 4): measured vs folded unfolded invariants (physical units),
+        ``detector_scaled`` the same in scaled units, ``detector_condition`` (B, 1) the scaled
+        s; when the batch holds the true ``vertex`` (made data: the closure test) also
+        ``vertex`` (true vs unfolded), ``vertex_scaled`` and ``vertex_condition``; ``<level>_s``
+        (B, 1) GeV^2 the s of each side. Only the
+        generated sides draw from ``generator``: first the unfolding noise, then the folding's.
+        """
+        batch = _float32_on(batch, self.device)
+        condition = self.discriminator_label(batch)
+        vertex = self.unfold_scaled(condition, generator)
+        folded = self.folding.fold_scaled(vertex, condition, generator)
+        samples = _level_samples("detector", batch["detector"], self.d_scaler.inverse(folded), self.d_scaler, condition)
+        samples["detector_s"] = (batch["s_detector"], batch["s_detector"])
         if "vertex" in batch:
-            levels["vertex"] = (batch["vertex"], self.v_scaler.inverse(vertex))
-        return levels
+            unfolded = self.v_scaler.inverse(vertex)
+            samples.update(_level_samples("vertex", batch["vertex"], unfolded, self.v_scaler, condition))
+            samples["vertex_s"] = (batch["s_vertex"], batch["s_detector"])
+        return samples
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         vertex = self.unfold(batch["s_detector"])
@@ -466,23 +498,19 @@ def _wrap_periodic(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[:, :3], alpha], dim=1)
 
 
-def load_folding_gan(path: str | Path) -> FoldingGAN:
-    """A trained :class:`FoldingGAN` from its checkpoint, frozen (no gradients, evaluation mode)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"folding_ckpt: {path} not found. Train the folding GAN first "
-            "(hepgen fit -c experiments/aidapt/inner.yaml) and point folding_ckpt at its checkpoints/last.ckpt."
-        )
-    # LightningCLI instantiates the outer model inside a context that hands *its* init arguments
-    # to every save_hyperparameters() call; without clearing it the inner model would record
-    # the outer's hyperparameters as its own.
-    token = _given_hyperparameters.set(None)
-    try:
-        folding = FoldingGAN.load_from_checkpoint(path, map_location="cpu")
-    finally:
-        _given_hyperparameters.reset(token)
-    if not bool(folding.v_scaler.fitted):
-        raise ValueError(f"folding_ckpt: {path} holds no fitted scalers; it is not a trained FoldingGAN.")
-    folding.requires_grad_(False)
-    return folding.eval()
+def _float32_on(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's float tensors as float32 on ``device`` (a training sample may sit on the CPU)."""
+    return {k: v.to(device, torch.float32) if torch.is_floating_point(v) else v for k, v in batch.items()}
+
+
+def _level_samples(level: str, reference: torch.Tensor, generated: torch.Tensor, scaler: MinMaxScaler, condition):
+    """``level``, ``level_scaled`` and ``level_condition`` entries of the evaluation protocol.
+
+    The scaled generated sample is taken from the physical one (not the generator's scaled
+    output), so metrics on it are those hepgen reported before the protocol existed.
+    """
+    return {
+        level: (reference, generated),
+        f"{level}_scaled": (scaler(reference), scaler(generated)),
+        f"{level}_condition": (condition, condition),
+    }

@@ -18,6 +18,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from datamodules.base import global_batch_index
 from hepgen.models.kl_schedule import KLScheduleName, kl_weight
 from hepgen.nn.shower import LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features
 from hepgen.physics.calo_geometry import LAYER_KEYS, LAYER_SHAPES, N_CELLS
@@ -83,7 +84,8 @@ class CaloVAE(LightningModule):
             if not bool(self.representation.fitted):
                 raise RuntimeError("CaloVAE without a datamodule: call model.representation.fit(...) first.")
             return
-        data = datamodule.datasets["train"].tensors
+        # the datamodule contract's one way to training statistics (in-RAM and lazy data alike)
+        data = datamodule.training_sample()
         n_data = int(data["particle"].max()) + 1
         if n_data > self.hparams.num_particles:
             raise ValueError(
@@ -147,9 +149,10 @@ class CaloVAE(LightningModule):
         return loss
 
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
-        # A fixed noise stream per batch: evaluation numbers are reproducible and do not disturb
-        # the global random state (which exact resume relies on).
-        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        # A fixed noise stream per batch, seeded by the batch's index in the single-process order:
+        # evaluation numbers are reproducible, the same on any number of DDP ranks, and do not
+        # disturb the global random state (which exact resume relies on).
+        generator = torch.Generator(device=self.device).manual_seed(global_batch_index(self._trainer, batch_idx))
         terms = self.losses(batch, generator)
         self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=len(batch["energy"]), sync_dist=True)
 
@@ -189,6 +192,21 @@ class CaloVAE(LightningModule):
             share = torch.softmax(share_logits[i].masked_fill(~hits, -1e4), dim=1) * hits
             showers[key] = (share * layer_energy[:, i : i + 1]).reshape(-1, *LAYER_SHAPES[key])
         return showers
+
+    @torch.no_grad()
+    def evaluation_samples(self, batch: dict, generator: torch.Generator) -> dict[str, tuple]:
+        """The evaluation protocol: ``{name: (reference, generated)}`` for the B showers of ``batch``.
+
+        ``layer_0`` (B, 3, 96), ``layer_1`` (B, 12, 12), ``layer_2`` (B, 12, 6) in MeV: the
+        batch's showers vs showers generated at their incident energies and particles, drawn
+        from ``generator`` exactly as :meth:`generate` draws; ``energy`` (B, 1) GeV, the
+        incident energies on both sides.
+        """
+        generated = self.generate(batch["energy"], batch.get("particle"), generator)
+        samples = {k: (batch[k].to(self.device), generated[k]) for k in LAYER_KEYS}
+        energy = batch["energy"].to(self.device)
+        samples["energy"] = (energy, energy)
+        return samples
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         # global random stream: `--seed_everything` chooses the sample
