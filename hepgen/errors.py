@@ -12,3 +12,11 @@ class HepgenError(Exception):
 
 class ConfigValueError(HepgenError, ValueError):
     """A config value is out of range or inconsistent with another (names the option)."""
+
+
+class RunDirectoryError(HepgenError, RuntimeError):
+    """A run directory cannot be used as asked (config collision, in use by another process, ...)."""
+
+
+class CheckpointError(RunDirectoryError):
+    """A checkpoint is missing, truncated or corrupt."""

@@ -18,9 +18,12 @@ The resolved values are written into the saved config, so
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -30,12 +33,15 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-from hepgen.errors import HepgenError
+from hepgen.checkpoints import check_whole, find_checkpoint, newest_checkpoint, run_checkpoints
+from hepgen.errors import CheckpointError, RunDirectoryError
 
 #: Set by the launching process so that DDP ranks it starts re-use its run directory.
 RUN_DIR_ENV = "HEPGEN_RUN_DIR"
 #: The parts of a config that define what is trained; a run directory refuses a change in them.
 IDENTITY_KEYS = ("model", "data", "seed_everything")
+#: Settings inside those parts that change how data is loaded, not what is trained.
+LOADER_KEYS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor")
 
 
 @dataclass
@@ -53,10 +59,6 @@ class RunSettings:
     experiment: Optional[str] = None
     version: Optional[str] = None
     checkpoint_every_n_epochs: int = 1
-
-
-class RunDirectoryError(HepgenError, RuntimeError):
-    """A run directory cannot be used as asked (config collision, missing checkpoint, ...)."""
 
 
 def experiment_from_config_files(config_files: list | None) -> str:
@@ -79,6 +81,10 @@ def slurm_run_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+#: Run directories this process created (removed again if the start fails before training).
+CREATED_RUN_DIRS: list[Path] = []
+
+
 def reserve_next_version(experiment_dir: Path) -> Path:
     """Create and return ``experiment_dir/v<N>`` for the smallest free N (``mkdir`` is atomic)."""
     experiment_dir.mkdir(parents=True, exist_ok=True)
@@ -87,31 +93,172 @@ def reserve_next_version(experiment_dir: Path) -> Path:
     while True:
         try:
             (experiment_dir / f"v{n}").mkdir()
+            CREATED_RUN_DIRS.append(experiment_dir / f"v{n}")
             return experiment_dir / f"v{n}"
         except FileExistsError:
             n += 1
 
 
-def resolve_run_dir(settings: Namespace, config_files: list | None) -> Path:
-    """Fill in ``settings.experiment`` and ``settings.version`` and return the (created) run directory."""
-    settings.experiment = settings.experiment or experiment_from_config_files(config_files)
-    if os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
-        # a DDP rank started by Lightning's launcher: the launching process chose the folder
-        run_dir = Path(os.environ[RUN_DIR_ENV])
-        settings.version = run_dir.name
-        return run_dir
+def slurm_version(experiment_dir: Path, job: str) -> str:
+    """The version of this ``fit`` in SLURM job ``job``: ``<job>``, then ``<job>.1``, ``<job>.2``, ...
+
+    Several ``hepgen fit`` commands in one job (a sweep agent, a loop over seeds) are numbered in
+    the order they start, by a counter per job and restart; a requeued job (``SLURM_RESTART_COUNT``
+    one higher) runs the same commands in the same order and so finds each its own directory.
+    """
+    restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    counter = experiment_dir / f".slurm-{job}-restart{restart}.count"
+    with open(counter, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        n = int(f.read() or 0)
+        f.seek(0)
+        f.truncate()
+        f.write(str(n + 1))
+    return job if n == 0 else f"{job}.{n}"
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run's folder (not the ``latest`` link, not hidden) that a start has configured."""
+    return path.is_dir() and not path.is_symlink() and not path.name.startswith(".") and (path / "config.yaml").is_file()
+
+
+def newest_run(experiment_dir: Path) -> Path | None:
+    """The run of an experiment started last (by the time of its first config)."""
+    runs = [p for p in experiment_dir.iterdir() if is_run_dir(p)] if experiment_dir.is_dir() else []
+    return max(runs, key=lambda p: (p / "config.yaml").stat().st_mtime, default=None)
+
+
+def update_latest_link(run_dir: Path) -> None:
+    """Point ``<experiment dir>/latest`` at ``run_dir``, atomically (a new link renamed over the old)."""
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name, target_is_directory=True)
+    os.replace(tmp, link)
+
+
+# --- one run directory for all ranks of a launch ------------------------------------------------
+def launch_rank() -> int:
+    """This process's global rank as the launcher set it (torchrun: RANK, srun: SLURM_PROCID)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def rendezvous_key() -> str | None:
+    """A name shared by all ranks of one ``torchrun`` or ``srun`` launch, distinct between launches.
+
+    These launchers start every rank as an independent process, so the run directory must be
+    agreed on before the ranks choose one each. Lightning's own launcher passes it to the ranks
+    it starts through :data:`RUN_DIR_ENV` instead.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_RUN_ID") is not None and int(env.get("WORLD_SIZE", "1")) > 1:
+        parts = ["torchrun", env["TORCHELASTIC_RUN_ID"], env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", "")]
+        if env.get("LOCAL_WORLD_SIZE") == env.get("WORLD_SIZE"):
+            parts.append(str(os.getppid()))  # one node: the torchrun agent that started every rank
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join(parts))
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and env.get("SLURM_PROCID") is not None and env.get("SLURM_JOB_ID"):
+        return f"slurm-{env['SLURM_JOB_ID']}-{env.get('SLURM_STEP_ID', 'batch')}"
+    return None
+
+
+def _rendezvous_file(root: Path, key: str) -> Path:
+    return Path(root) / ".rendezvous" / f"{key}.txt"
+
+
+def publish_run_dir(root: Path, key: str, run_dir: Path) -> Path:
+    """Rank 0: tell the other ranks of this launch which run directory it chose."""
+    path = _rendezvous_file(root, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    tmp.write_text(str(run_dir))
+    os.replace(tmp, path)
+    return path
+
+
+def wait_for_run_dir(root: Path, key: str, timeout_s: float = 600.0) -> Path:
+    """Ranks > 0: the run directory rank 0 of this launch chose."""
+    path = _rendezvous_file(root, key)
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise RunDirectoryError(f"rank {launch_rank()} waited {timeout_s:.0f} s for rank 0 to choose a run directory ({path}).")
+        time.sleep(0.2)
+    return Path(path.read_text())
+
+
+def _choose_run_dir(settings: Namespace, subcommand: str, ckpt_path: str | None) -> Path:
     experiment_dir = Path(settings.root) / settings.experiment
-    settings.version = settings.version or slurm_run_id()
-    if settings.version is None:
-        run_dir = reserve_next_version(experiment_dir)
-        settings.version = run_dir.name
+    if settings.version is not None:
+        return experiment_dir / str(settings.version)
+    if subcommand != "fit":
+        if ckpt_path in ("last", "best"):
+            run_dir = newest_run(experiment_dir)
+            if run_dir is None:
+                raise RunDirectoryError(
+                    f"--ckpt_path {ckpt_path}: experiment '{settings.experiment}' has no run in {experiment_dir}. "
+                    f"Train it first (hepgen fit -c <config>), or give --run.version or a checkpoint file."
+                )
+            print(f"hepgen: {subcommand} uses the newest run of {settings.experiment}: {run_dir} (choose another with --run.version)")
+            return run_dir
+        if ckpt_path is not None and Path(ckpt_path).resolve().parent.name == "checkpoints":
+            run_dir = Path(ckpt_path).resolve().parent.parent
+            if run_dir.parent == experiment_dir.resolve():
+                return experiment_dir / run_dir.name  # the checkpoint's own run
+    job = slurm_run_id()
+    if subcommand == "fit" and job is not None:
+        return experiment_dir / slurm_version(experiment_dir, job)
+    return reserve_next_version(experiment_dir)
+
+
+def resolve_run_dir(
+    settings: Namespace, config_files: list | None, subcommand: str = "fit", ckpt_path: str | None = None
+) -> Path:
+    """Fill in ``settings.experiment`` and ``settings.version`` and return the (created) run directory.
+
+    ``fit`` starts a new version (or the given one); ``test``, ``validate`` and ``predict`` with
+    ``--ckpt_path last|best`` use the newest run of the experiment and say which. All ranks of one
+    launch share the directory rank 0 chose.
+    """
+    settings.experiment = settings.experiment or experiment_from_config_files(config_files)
+    if os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0 and rendezvous_key() is None:
+        run_dir = Path(os.environ[RUN_DIR_ENV])  # a rank started by Lightning's launcher
+    elif (key := rendezvous_key()) is not None and launch_rank() > 0:
+        run_dir = wait_for_run_dir(Path(settings.root), key)
     else:
-        run_dir = experiment_dir / str(settings.version)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = _choose_run_dir(settings, subcommand, ckpt_path)
+        if not run_dir.is_dir():
+            run_dir.mkdir(parents=True)
+            CREATED_RUN_DIRS.append(run_dir)
+        if key is not None:
+            publish_run_dir(Path(settings.root), key, run_dir)
+    settings.version = run_dir.name
     os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir
 
 
+def remove_unused_run_dirs() -> None:
+    """Remove the run directories this process created if the start failed before training.
+
+    A directory is unused when it holds no checkpoint and no metrics: what a failed start leaves
+    there (its config, an empty W&B folder) describes nothing that ran.
+    """
+    while CREATED_RUN_DIRS:
+        run_dir = CREATED_RUN_DIRS.pop()
+        if not run_dir.is_dir() or run_checkpoints(run_dir) or (run_dir / "metrics.json").exists():
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in run_dir.parents:  # the experiment folders this start created, if now empty
+            if parent.name == "" or any(p for p in parent.iterdir() if not p.name.startswith(".slurm-")):
+                break
+            shutil.rmtree(parent, ignore_errors=True)
+
+
+# --- what a run directory may be reused for ------------------------------------------------------
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
@@ -121,11 +268,16 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: tree}
 
 
+def _changes_result(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] not in LOADER_KEYS
+
+
 def check_config_collision(run_dir: Path, config: dict) -> None:
     """Refuse to train a *different* model or data set in an existing run directory.
 
-    ``config`` is the new resolved config as a plain dict. Only :data:`IDENTITY_KEYS` are compared:
-    trainer options (more epochs, other devices) may change when a run is resumed.
+    ``config`` is the new resolved config as a plain dict. Only what changes the result is
+    compared (:data:`IDENTITY_KEYS`, without loader settings such as ``num_workers``): trainer
+    options (more epochs, other devices) may change when a run is resumed.
     """
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
@@ -133,7 +285,7 @@ def check_config_collision(run_dir: Path, config: dict) -> None:
     saved = yaml.safe_load(saved_path.read_text()) or {}
     old = _flatten({k: saved.get(k) for k in IDENTITY_KEYS})
     new = _flatten({k: config.get(k) for k in IDENTITY_KEYS})
-    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and _changes_result(k))
     if diff:
         shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
         raise RunDirectoryError(
@@ -144,44 +296,78 @@ def check_config_collision(run_dir: Path, config: dict) -> None:
         )
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The most recent of ``last.ckpt`` and SLURM's ``hpc_ckpt_<n>.ckpt`` in a run directory."""
-    candidates = [*run_dir.glob("hpc_ckpt_*.ckpt"), *(run_dir / "checkpoints").glob("last*.ckpt")]
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
-
-
 def resolve_ckpt_path(run_dir: Path, ckpt_path: str | None, subcommand: str) -> str | None:
     """Turn ``last``/``best`` into this run's own files, and guard against silent restarts.
 
     Lightning alone would look for ``last`` in the logger's folder and, finding nothing, start
-    from scratch with a warning; here a missing checkpoint is an error that names the folder.
+    from scratch with a warning; here a missing or truncated checkpoint is an error that names
+    the folder (and the newest good checkpoint).
     """
-    ckpt_dir = run_dir / "checkpoints"
     if ckpt_path in ("last", "best"):
-        found = (
-            newest_checkpoint(run_dir)
-            if ckpt_path == "last"
-            else max(ckpt_dir.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
-        )
-        if found is None:
-            raise RunDirectoryError(
-                f"--ckpt_path {ckpt_path}: no {ckpt_path} checkpoint in {ckpt_dir}. Give the run's "
-                f"config (hepgen {subcommand} -c <run dir>/config.yaml ...) or a checkpoint file."
-            )
-        return str(found)
+        return str(find_checkpoint(run_dir, ckpt_path))
     if ckpt_path is not None:
         if not Path(ckpt_path).is_file():
-            raise RunDirectoryError(f"--ckpt_path {ckpt_path}: no such checkpoint file.")
-        return ckpt_path
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: no such checkpoint file.")
+        return str(check_whole(Path(ckpt_path)))
     existing = newest_checkpoint(run_dir) if subcommand == "fit" else None
     if existing is not None:
         if int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
-            return str(existing)  # requeued job: continue where it stopped
+            return str(check_whole(existing))  # requeued job: continue where it stopped
         raise RunDirectoryError(
             f"{run_dir} already holds checkpoints; starting again there would overwrite them. "
             f"Resume with --ckpt_path last, or start a new run with another --run.version."
         )
     return None
+
+
+# --- references to other runs ----------------------------------------------------------------------
+RUN_REFERENCE = re.compile(r"run:(?P<experiment>[^@:]+)(?:@(?P<version>[^:]+))?:(?P<which>last|best)")
+
+
+def resolve_checkpoint(spec: str | Path, root: str | Path = "runs") -> Path:
+    """A checkpoint file from a path or a run reference ``run:<experiment>[@<version>|@latest]:<last|best>``.
+
+    ``@latest`` (the default) is the run that ``<experiment>/latest`` points to: the last ``fit``
+    of that experiment that finished. Raises :class:`RunDirectoryError` naming the reference when
+    nothing matches, and :class:`CheckpointError` for a truncated file.
+    """
+    text = str(spec)
+    match = RUN_REFERENCE.fullmatch(text)
+    if match is None:
+        if text.startswith("run:"):
+            raise RunDirectoryError(f"{text}: not a run reference; write run:<experiment>[@<version>|@latest]:<last|best>.")
+        path = Path(text)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {text}: no such file.")
+        return check_whole(path)
+    experiment_dir = Path(root) / match["experiment"]
+    version = match["version"] or "latest"
+    run_dir = experiment_dir / version
+    if not run_dir.is_dir():
+        what = "no finished fit (no 'latest' link)" if version == "latest" else f"no run '{version}'"
+        raise RunDirectoryError(f"{text}: experiment {match['experiment']} has {what} in {experiment_dir}. Train it first.")
+    return find_checkpoint(run_dir.resolve(), match["which"])
+
+
+def resolve_run_references(tree: Any, root: str | Path) -> Any:
+    """Replace every ``run:...`` string in a config (dicts, lists, Namespaces) by the checkpoint path it names.
+
+    The saved config then records the concrete file a run used, so a later ``test`` or a resume
+    reads the same model even after the experiment was trained again.
+    """
+    if isinstance(tree, Namespace):
+        for key in tree.keys():
+            value = tree[key]
+            if isinstance(value, str) and RUN_REFERENCE.fullmatch(value):
+                tree[key] = str(resolve_checkpoint(value, root))
+            elif isinstance(value, list):
+                tree[key] = resolve_run_references(value, root)
+        return tree
+    if isinstance(tree, list):
+        return [resolve_run_references(v, root) if isinstance(v, (list, Namespace)) else
+                (str(resolve_checkpoint(v, root)) if isinstance(v, str) and RUN_REFERENCE.fullmatch(v) else v)
+                for v in tree]
+    return tree
 
 
 def next_free_path(path: Path) -> Path:
@@ -223,8 +409,8 @@ def place_loggers(trainer_cfg: Namespace, run_dir: Path, experiment: str, versio
     """Point every configured logger into the run directory.
 
     The W&B run id is derived from the run directory's path, so a resume or a SLURM requeue
-    attaches to the same W&B run, while two runs never share one (unless a sweep agent chose
-    the id through ``WANDB_RUN_ID``).
+    attaches to the same W&B run, while two runs never share one; an ``id`` set in the config
+    and a sweep agent's ``WANDB_RUN_ID`` are kept.
     """
     for logger in _loggers(trainer_cfg):
         args = logger.init_args
@@ -233,7 +419,7 @@ def place_loggers(trainer_cfg: Namespace, run_dir: Path, experiment: str, versio
         if name == "WandbLogger":
             use_wandb_offline_without_key()
             args.name = args.get("name") or f"{experiment}/{version}"
-            if not os.environ.get("WANDB_RUN_ID"):
+            if not (os.environ.get("WANDB_RUN_ID") or args.get("id") or args.get("version")):
                 digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]
                 args.id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{experiment}-{version}")[-55:] + f"-{digest}"
         elif name in ("CSVLogger", "TensorBoardLogger"):
@@ -259,7 +445,8 @@ class RunConfigSaver(SaveConfigCallback):
     The first start writes ``config.yaml``; a resume, test or predict in the same folder adds
     ``config.1.yaml``, ``config.2.yaml``, ... so nothing is overwritten and nothing lost.
     Lightning's own callback would write ``config.yaml`` into the logger's folder and refuse
-    the second run there.
+    the second run there. W&B receives the config as nested keys (``model.init_args.latent_dim``),
+    so runs can be filtered and grouped by any hyperparameter. Lightning calls this on rank 0 only.
     """
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
@@ -267,15 +454,5 @@ class RunConfigSaver(SaveConfigCallback):
         self.parser.save(self.config, path, multifile=False)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.experiment.config.update({"cli_config": self.parser.dump(self.config)}, allow_val_change=True)
-
-
-def resolve_checkpoint(spec: str | Path, root: str | Path = "runs") -> Path:
-    """A checkpoint file from a path or a run reference ``run:<experiment>[@<version>|@latest]:<last|best>``.
-
-    Raises :class:`RunDirectoryError` naming the reference when nothing matches.
-    """
-    path = Path(spec)
-    if not path.is_file():
-        raise RunDirectoryError(f"checkpoint {spec}: no such file.")
-    return path
+                nested = yaml.safe_load(self.parser.dump(self.config, skip_link_targets=False))
+                logger.experiment.config.update(nested, allow_val_change=True)

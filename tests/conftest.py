@@ -15,8 +15,13 @@ TINY_CALO = ROOT / "tests" / "conf" / "calo_vae_tiny.yaml"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch, tmp_path):
-    """No W&B network, no leftovers of a previous run's directory, no real SLURM job."""
+    """No W&B network, no leftovers of a previous run's directory, no real SLURM job.
+
+    ``HEPGEN_DEBUG=1`` makes ``main`` raise hepgen's errors instead of printing them as one line,
+    so tests can match them; the tests of that one line unset it.
+    """
     monkeypatch.setattr("sys.argv", ["hepgen"])  # main(args) is the command line, not pytest's argv
+    monkeypatch.setenv("HEPGEN_DEBUG", "1")
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     for var in ("WANDB_API_KEY", "HEPGEN_RUN_DIR", "SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_RESTART_COUNT"):

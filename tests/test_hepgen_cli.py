@@ -16,10 +16,15 @@ def test_class_names_are_unique_across_plugin_packages():
     assert len(names) == len(set(names))
 
 
-def test_help_lists_methods_datamodules_and_callbacks():
+def test_help_lists_the_verbs_and_the_choices_but_not_the_bases():
     out = subprocess.run([sys.executable, "-m", "hepgen", "--help"], capture_output=True, text=True, check=True).stdout
-    for name in [*hepgen.models.__all__, *datamodules.__all__, *callbacks.__all__]:
+    assert "{fit,validate,test,predict,data}" in out
+    bases = {"HepDataModule", "PhysicsMetric"}
+    for name in {*hepgen.models.__all__, *datamodules.__all__, *callbacks.__all__} - bases:
         assert name in out
+    listed = "\n".join(line for line in out.splitlines() if line.startswith(("datamodules", "callbacks", "methods")))
+    for base in bases:
+        assert base not in listed
 
 
 def test_data_make_writes_the_real_format(tmp_path):

@@ -26,8 +26,9 @@ def test_runs_get_their_own_versions_and_configs(calogan_dir, tmp_path):
     main(tiny_args("fit", calogan_dir, tmp_path, "--trainer.max_epochs", "1"))
     # a second run of the same config must not die on "config.yaml already exists"
     main(tiny_args("fit", calogan_dir, tmp_path, "--trainer.max_epochs", "1"))
-    runs = sorted(p.name for p in (tmp_path / "tiny").iterdir())
+    runs = sorted(p.name for p in (tmp_path / "tiny").iterdir() if not p.is_symlink())
     assert runs == ["v0", "v1"]
+    assert (tmp_path / "tiny" / "latest").resolve() == (tmp_path / "tiny" / "v1").resolve()
     for run in runs:
         saved = yaml.safe_load((tmp_path / "tiny" / run / "config.yaml").read_text())
         assert saved["run"]["version"] == run and saved["run"]["experiment"] == "tiny"
