@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import fcntl
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from datamodules.datasets import ArrayDictDataset, head
 from datamodules.samplers import EpochShuffleSampler, EvaluationSampler
 from datamodules.splits import SPLITS, split_indices
+from hepgen.errors import ConfigValueError
 from hepgen.io import DataFileError
 
 __all__ = [
@@ -239,6 +241,13 @@ class HepDataModule(LightningDataModule):
         if shuffle:
             sampler = EpochShuffleSampler(dataset, self.split_seed + 1, num_replicas=world, rank=rank)
         else:
+            batches = math.ceil(len(dataset) / self.batch_size)
+            if batches < world:  # a rank without batches would wait forever in the metrics' gather
+                raise ConfigValueError(
+                    f"{self.data_dir}: the '{split}' split holds {len(dataset)} events = {batches} batch(es) of "
+                    f"{self.batch_size}, fewer than the {world} DDP ranks that evaluate them. Set data.batch_size "
+                    f"<= {math.ceil(len(dataset) / world)} or use fewer devices."
+                )
             sampler = EvaluationSampler(dataset, self.batch_size, num_replicas=world, rank=rank)
         return DataLoader(
             dataset,

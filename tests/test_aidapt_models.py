@@ -340,3 +340,17 @@ def test_validation_chi2_on_two_ranks_equals_the_single_process_value(aidapt_dir
     for rank in (0, 1):
         assert torch.load(f"{out}.{rank}") == single, rank  # exact: same noise per event, same sample
     assert set(single) >= {"val/chi2", "val/disc_acc", "val/chi2/alpha"}
+
+
+def test_frozen_batchnorm_statistics_never_move_in_fit(aidapt_dir):
+    """generator_bn: frozen is BatchNorm as Keras ran it: a learned affine map on the 0/1 statistics."""
+    import lightning as L
+
+    model = tiny_folding_gan(generator_bn="frozen")
+    trainer = L.Trainer(max_steps=12, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, accelerator="cpu", limit_val_batches=1)  # fmt: skip
+    trainer.fit(model, _data(aidapt_dir))
+    norms = [m for m in model.generator.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms and all(int(m.num_batches_tracked) == 0 for m in norms)
+    assert all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in norms)
+    assert any(not torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)  # the affine part learns (2 G steps)

@@ -19,6 +19,7 @@ from datamodules.base import ArrayDictDataset, HepDataModule, _already_batched, 
 from datamodules.datasets import LazyHDF5Dataset, MultiDomainDataset
 from datamodules.samplers import EpochShuffleSampler, EvaluationSampler
 from datamodules.splits import file_split, kfold_split, region_split, split_folders, split_indices
+from hepgen.errors import ConfigValueError
 from hepgen.io import DataFileError
 
 
@@ -420,3 +421,10 @@ def test_fit_sees_the_seed_plus_epoch_order_in_every_epoch():
 def test_calogan_num_particles_is_the_number_of_particle_files():
     assert CaloGANDataModule(particles=["eplus", "gamma", "piplus"], predict_particle="gamma").num_particles == 3
     assert CaloGANDataModule().num_particles == 1
+
+
+def test_fewer_evaluation_batches_than_ranks_is_a_config_error_naming_the_fix():
+    # 13 validation events in one batch of 16: rank 1 would have nothing to evaluate
+    with pytest.raises(ConfigValueError, match=r"'val' split holds 13 events = 1 batch.*batch_size <= 7"):
+        _datamodule_on_rank(2, 1, batch_size=16).val_dataloader()
+    assert len(_datamodule_on_rank(2, 1, batch_size=7).val_dataloader()) == 1

@@ -243,6 +243,9 @@ class FoldingGAN(_AIDAPTGAN):
         self.s_scaler = MinMaxScaler(1)
         # detector resolution per invariant in scaled units (fitted with the scalers)
         self.register_buffer("resolution", torch.ones(n_inv))
+        # Lightning 2.6 never calls .train() when fit starts (it restores each module's own mode
+        # around validation), so the frozen BatchNorm layers are put in evaluation mode here.
+        self.train()
 
     @classmethod
     def load_frozen(

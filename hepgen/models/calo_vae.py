@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from datamodules.base import global_batch_index
+from hepgen.models.seeding import reseed_for_rank
 from hepgen.models.kl_schedule import KLScheduleName, kl_weight
 from hepgen.nn.shower import LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features
 from hepgen.physics.calo_geometry import LAYER_KEYS, LAYER_SHAPES, N_CELLS
@@ -97,6 +98,9 @@ class CaloVAE(LightningModule):
             return
         cells = [data[k].flatten(1).to(self.device) for k in LAYER_KEYS]
         self.representation.fit(cells, data["energy"].to(self.device))
+
+    def on_train_start(self) -> None:
+        reseed_for_rank(self.trainer)  # each DDP rank its own reparametrisation noise
 
     # --- the objective ------------------------------------------------------------------------
     def losses(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:

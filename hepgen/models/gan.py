@@ -24,13 +24,11 @@ when the discriminator cannot tell real from generated.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -39,6 +37,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from hepgen.errors import ConfigValueError, HepgenError
+from hepgen.models.seeding import reseed_for_rank
 from hepgen.run import resolve_checkpoint
 
 AveragingKind = Literal["ema", "swa"]
@@ -72,17 +71,6 @@ class LinearDecayLR(torch.optim.lr_scheduler.LambdaLR):
         if total_epochs < 1:
             raise ConfigValueError(f"LinearDecayLR total_epochs={total_epochs}: must be at least 1.")
         super().__init__(optimizer, partial(linear_decay_factor, total_epochs=total_epochs), last_epoch)
-
-
-def rank_seed(seed: int, rank: int, step: int = 0) -> int:
-    """A seed for DDP rank ``rank`` derived from the run's ``seed`` and the ``step`` it starts at.
-
-    Hashing (numpy's SeedSequence) keeps the streams of neighbouring (seed, rank) pairs
-    unrelated, unlike ``seed + rank``, which would give rank 1 of seed 0 the stream of rank 0 of
-    seed 1. Returns an int in [0, 2^63).
-    """
-    words = np.random.SeedSequence([int(seed) % 2**32, int(rank), int(step)]).generate_state(2, dtype=np.uint32)
-    return (int(words[0]) << 31) ^ int(words[1])
 
 
 class AdversarialModule(LightningModule):
@@ -260,22 +248,15 @@ class AdversarialModule(LightningModule):
         """Standard normal latent noise of ``shape`` on the model's device.
 
         Without ``generator`` it comes from the global stream, which :meth:`on_train_start`
-        reseeds on DDP ranks > 0: each rank draws different noise (and label noise, dropout),
-        rank 0 draws exactly what a single process would, and a rerun draws the same again.
+        reseeds on DDP ranks > 0 (:func:`hepgen.models.seeding.reseed_for_rank`): each rank
+        draws different noise (and label noise, dropout), and a rerun draws the same again.
+        Rank 0 keeps the stream Lightning seeds it with (under DDP Lightning reseeds after the
+        model is built, so it is not the stream of a single-process run).
         """
         return torch.randn(tuple(shape), generator=generator, device=self.device)
 
-    def noise_seed(self) -> int:
-        """The run's seed (``seed_everything``, kept by Lightning in ``PL_GLOBAL_SEED``), else 0."""
-        return int(os.environ.get("PL_GLOBAL_SEED", 0))
-
     def on_train_start(self) -> None:
-        # Runs after the callbacks' on_train_start, hence after RNGStateCheckpoint restored the
-        # checkpoint's (rank 0's) random state. The step enters the seed so that a resumed rank
-        # does not replay the stream it drew from step 0.
-        rank = self.trainer.global_rank
-        if rank > 0:
-            torch.manual_seed(rank_seed(self.noise_seed(), rank, self.trainer.global_step))
+        reseed_for_rank(self.trainer)
 
     # --- frozen parts ------------------------------------------------------------------------
     def train(self, mode: bool = True):

@@ -1,0 +1,296 @@
+"""DDP with 2 processes (gloo, CPU) through the real command line, on the tiny configs.
+
+Every DDP run is ``python -m hepgen ...`` in a subprocess, as a user starts it; Lightning's
+launcher starts rank 1 as a second process. The ranks report through :mod:`tests.ddp_probe`
+(``<run dir>/probe/<stage>_rank<r>.pt``). Runs are module-scoped and shared between tests:
+
+* ``calo_ddp``: CaloVAE, 2 ranks x batch 32, 3 steps, W&B offline;
+* ``calo_single``: CaloVAE, 1 process x batch 64, 3 steps (the reference of ``calo_ddp``);
+* ``calo_validate``: ``hepgen validate --ckpt_path last`` of ``calo_ddp``'s run with CaloMetrics,
+  on 2 ranks and on 1 process;
+* ``gan_ddp``: FoldingGAN, 2 ranks x batch 500, 2 steps (12 optimizer steps), strategy
+  ``ddp_find_unused_parameters_true`` (plain ``ddp`` stops at the parameters of the network
+  that a step does not update).
+
+The single-process references call ``hepgen.cli.main`` in the test process (``hepgen_here``).
+Both tiny configs evaluate with a batch as large as their validation split (one batch): under
+2 ranks rank 1 would get no validation batch, which Lightning refuses. The runs here choose
+batch sizes that give every rank one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hepgen.models.seeding import rank_seed
+from tests.conftest import ROOT, tiny_args
+
+#: One step's optimizer moves a weight by up to the learning rate (Adam, lr 1e-3): the
+#: 2 x B vs 1 x 2B weights may differ by float32 summation order (3e-8 seen after 3 steps),
+#: never by a step's worth.
+WEIGHT_TOLERANCE = 1e-5
+CALO_LATENT_DIM = 4  # tests/conf/calo_vae_tiny.yaml
+CALO_STEPS = 3
+PROBE = "tests.ddp_probe.WeightProbe"
+#: Launcher variables of an enclosing job: the runs here must start as a fresh, single launch.
+_LAUNCH_VARS = re.compile(
+    r"^(SLURM_.*|TORCHELASTIC_.*|HEPGEN_RUN_DIR|RANK|LOCAL_RANK|WORLD_SIZE|LOCAL_WORLD_SIZE|GROUP_RANK|NODE_RANK|"
+    r"MASTER_ADDR|MASTER_PORT|PL_GLOBAL_SEED|PL_SEED_WORKERS|WANDB_.*)$"
+)
+
+
+def hepgen(args: list[str], workdir: Path, wandb_mode: str = "disabled") -> str:
+    """Run ``python -m hepgen *args`` from the repository root; its output, or the test fails."""
+    env = {k: v for k, v in os.environ.items() if not _LAUNCH_VARS.match(k)}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE=wandb_mode, WANDB_DIR=str(workdir), HEPGEN_DEBUG="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "hepgen", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        pytest.fail(f"hepgen {' '.join(args[:1])} exited {done.returncode}:\n{output[-4000:]}")
+    return output
+
+
+def hepgen_here(args: list[str], workdir: Path) -> None:
+    """``hepgen.cli.main(args)`` in this process, one thread, for the single-process references.
+
+    The same entry point as ``python -m hepgen`` without a second interpreter start (about 10 s
+    of a 2-core machine); one intra-op thread, as the subprocess ranks run (``OMP_NUM_THREADS=1``),
+    so that float results are computed in the same order. The environment is restored
+    afterwards, with what hepgen and Lightning set in it (``HEPGEN_RUN_DIR``, ``PL_GLOBAL_SEED``).
+    """
+    from hepgen.cli import main
+
+    saved_env, saved_argv, threads = dict(os.environ), sys.argv, torch.get_num_threads()
+    for name in [k for k in os.environ if _LAUNCH_VARS.match(k)]:
+        del os.environ[name]
+    os.environ.update(WANDB_MODE="disabled", WANDB_DIR=str(workdir), HEPGEN_DEBUG="1")
+    sys.argv = ["hepgen"]
+    torch.set_num_threads(1)
+    try:
+        main(args)
+    finally:
+        torch.set_num_threads(threads)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def ddp(strategy: str = "ddp") -> list[str]:
+    return ["--trainer.accelerator", "cpu", "--trainer.strategy", strategy, "--trainer.devices", "2"]
+
+
+def single() -> list[str]:
+    return ["--trainer.accelerator", "cpu", "--trainer.strategy", "auto", "--trainer.devices", "1"]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=False)
+
+
+def only_run_dir(root: Path, experiment: str) -> Path:
+    (run_dir,) = [p for p in (root / experiment).iterdir() if re.fullmatch(r"v\d+", p.name)]
+    return run_dir
+
+
+def calo_fit_args(data_dir: Path, root: Path, batch_size: int) -> list[str]:
+    """A CaloVAE fit of CALO_STEPS steps whose global noise follows the single-process stream."""
+    return [
+        *tiny_args("fit", data_dir, root),
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(CALO_STEPS),
+        "--data.init_args.batch_size", str(batch_size),
+        # the probe first: it records each batch before SplitGlobalNoise reorders it
+        "--trainer.callbacks+=" + PROBE,
+        "--trainer.callbacks+=tests.ddp_probe.SplitGlobalNoise",
+        "--trainer.callbacks.normals_per_event", str(CALO_LATENT_DIM),
+    ]  # fmt: skip
+
+
+# --- the shared runs ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def calo_ddp(calogan_dir, tmp_path_factory) -> dict:
+    """CaloVAE on 2 ranks x batch 32 with a WandbLogger; what its run left right after the fit."""
+    root = tmp_path_factory.mktemp("calo_ddp")
+    logger = ["--trainer.logger", "WandbLogger", "--trainer.logger.project", "t"]
+    hepgen([*calo_fit_args(calogan_dir, root, 32), *ddp(), *logger], root, wandb_mode="offline")
+    versions = sorted(p.name for p in (root / "tiny").iterdir() if re.fullmatch(r"v\d+", p.name))
+    return {
+        "root": root,
+        "run_dir": root / "tiny" / versions[0],
+        # listed now: the validation runs below add files to this run directory
+        "versions": versions,
+        "wandb_runs": sorted(str(p.relative_to(root)) for p in root.rglob("offline-run-*") if p.is_dir()),
+        # wherever each rank wrote (a rank with a run directory of its own wrote there)
+        "ranks": [load(path) for path in sorted(root.rglob("probe/fit_rank*.pt"), key=lambda p: p.name)],
+    }
+
+
+@pytest.fixture(scope="module")
+def calo_single(calogan_dir, tmp_path_factory) -> dict:
+    """The same CaloVAE fit in one process with batch 64."""
+    root = tmp_path_factory.mktemp("calo_single")
+    hepgen_here([*calo_fit_args(calogan_dir, root, 64), *single()], root)
+    return load(only_run_dir(root, "tiny") / "probe" / "fit_rank0.pt")
+
+
+@pytest.fixture(scope="module")
+def calo_validate(calo_ddp) -> dict:
+    """``hepgen validate --ckpt_path last`` on 2 ranks, then on 1 process: metrics.json and the probes.
+
+    Batch 24 cuts the 60 validation events into 3 batches (24, 24, 12): rank 0 evaluates two,
+    rank 1 one. CaloMetrics' ``max_events`` 40 (in total) keeps the first ceil(40 / 24) = 2
+    batches in the single-process order, 48 events, one on each rank.
+    """
+    run_dir, root = calo_ddp["run_dir"], calo_ddp["root"]
+    common = [
+        "validate", "-c", str(run_dir / "config.yaml"), "--ckpt_path", "last",
+        "--data.init_args.batch_size", "24", "--trainer.logger", "false",
+        # CaloMetrics' numbers and metrics.json; its plots (rank 0 only) are left out for time
+        "--trainer.callbacks", "tests.ddp_probe.CaloMetricsWithoutPlots", "--trainer.callbacks.max_events", "40",
+        "--trainer.callbacks+=" + PROBE,
+    ]  # fmt: skip
+    result = {}
+    for name in ("ddp", "single"):
+        (run_dir / "metrics.json").unlink(missing_ok=True)
+        for old in (run_dir / "probe").glob("validate_rank*.pt"):
+            old.unlink()
+        if name == "ddp":
+            hepgen([*common, *ddp()], root)
+        else:
+            hepgen_here([*common, *single()], root)
+        result[name] = {
+            "metrics_json": json.loads((run_dir / "metrics.json").read_text())["val"],
+            "ranks": [load(p) for p in sorted((run_dir / "probe").glob("validate_rank*.pt"))],
+        }
+    return result
+
+
+@pytest.fixture(scope="module")
+def gan_ddp(aidapt_dir, tmp_path_factory) -> list[dict]:
+    """FoldingGAN on 2 ranks x batch 500, 2 steps, no validation: the two ranks' probe records."""
+    root = tmp_path_factory.mktemp("gan_ddp")
+    args = [
+        "fit", "-c", str(ROOT / "tests" / "conf" / "aidapt_tiny.yaml"),
+        "--data.init_args.data_dir", str(aidapt_dir), "--data.init_args.batch_size", "500",
+        "--run.root", str(root), "--run.experiment", "tiny_gan",
+        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
+        "--trainer.callbacks+=" + PROBE,
+        *ddp("ddp_find_unused_parameters_true"),
+    ]  # fmt: skip
+    hepgen(args, root)
+    run_dir = only_run_dir(root, "tiny_gan")
+    return [load(run_dir / "probe" / f"fit_rank{r}.pt") for r in (0, 1)]
+
+
+# --- 1. one run directory, one W&B run ----------------------------------------------------------
+def test_ddp_fit_writes_one_run_directory_and_one_wandb_run(calo_ddp):
+    ranks = calo_ddp["ranks"]
+    assert [(r["rank"], r["world_size"], r["global_step"]) for r in ranks] == [(0, 2, CALO_STEPS), (1, 2, CALO_STEPS)]
+    # rank 1 was handed rank 0's directory (HEPGEN_RUN_DIR), so it reserved no v1 of its own
+    assert calo_ddp["versions"] == ["v0"]
+    assert (calo_ddp["root"] / "tiny" / "latest").resolve() == calo_ddp["run_dir"].resolve()
+    assert (calo_ddp["run_dir"] / "checkpoints" / "last.ckpt").is_file()
+    assert not (calo_ddp["run_dir"] / ".lock").exists(), "the run lock outlived the fit"
+    # only rank 0 creates the W&B run, inside the run directory
+    assert len(calo_ddp["wandb_runs"]) == 1, calo_ddp["wandb_runs"]
+    assert list((calo_ddp["run_dir"] / "wandb").glob("offline-run-*")), "the W&B run is not in the run directory"
+
+
+# --- 2. identical weights on the ranks ------------------------------------------------------------
+def test_calo_vae_ranks_hold_identical_weights(calo_ddp):
+    rank0, rank1 = (r["state_dict"] for r in calo_ddp["ranks"])
+    assert rank0.keys() == rank1.keys()
+    differing = [k for k in rank0 if not torch.equal(rank0[k], rank1[k])]
+    assert not differing, f"weights differ between ranks after {CALO_STEPS} steps: {differing}"
+
+
+def _is_batchnorm_statistic(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+
+
+def test_gan_ranks_hold_identical_weights(gan_ddp):
+    rank0, rank1 = gan_ddp
+    assert [(r["rank"], r["world_size"], r["global_step"]) for r in gan_ddp] == [(0, 2, 12), (1, 2, 12)]
+    # BatchNorm running statistics are per-rank by nature (each rank normalises its own batch);
+    # DDP copies rank 0's into every rank before each training forward, so after the last step
+    # they differ. (The tiny config's default generator_bn: frozen should keep them at 0 and 1,
+    # but Lightning never calls FoldingGAN.train() in fit, so the layers train.) Everything
+    # else, the parameters of both networks and the fitted scalers, must be bit-identical.
+    compared = [k for k in rank0["state_dict"] if not _is_batchnorm_statistic(k)]
+    assert any(k.startswith("generator.") for k in compared) and any(k.startswith("discriminator.") for k in compared)
+    differing = [k for k in compared if not torch.equal(rank0["state_dict"][k], rank1["state_dict"][k])]
+    assert not differing, f"weights differ between ranks after 2 steps: {differing}"
+
+
+# --- 3. 2 ranks x B = 1 process x 2B ----------------------------------------------------------------
+def test_two_ranks_see_the_events_of_one_process_with_twice_the_batch(calo_ddp, calo_single):
+    # the training sampler's contract: rank r holds rows r, r + 2, r + 4, ... of the 2B batch
+    for step in range(CALO_STEPS):
+        whole = calo_single["batches"][step]
+        assert len(whole) == 64
+        for r, record in enumerate(calo_ddp["ranks"]):
+            assert torch.equal(record["batches"][step], whole[r::2]), f"step {step}, rank {r}"
+
+
+def test_calo_vae_two_ranks_reach_the_weights_of_one_process(calo_ddp, calo_single):
+    """Same events per step, gradients averaged by DDP: the same steps up to summation order.
+
+    Both runs carry ``SplitGlobalNoise``: CaloVAE draws its reparametrisation noise from the
+    global stream, which both ranks seed alike (so both draw the same rows for different
+    events) and which DDP re-seeds after the model is built. Without it the two runs differ by
+    6e-3 after 3 steps (9 % of the largest weight), a noise difference and not a DDP error.
+    """
+    # first step, before any update: the mean of the ranks' batch-mean losses is the 2B batch's mean
+    rank_losses = [r["first_outputs"]["loss"] for r in calo_ddp["ranks"]]
+    assert sum(rank_losses) / 2 == pytest.approx(calo_single["first_outputs"]["loss"], rel=1e-6)
+    assert rank_losses[0] != rank_losses[1]  # different events, different noise: a real comparison
+    ddp_weights, one_weights = calo_ddp["ranks"][0]["state_dict"], calo_single["state_dict"]
+    worst = max(
+        ((one_weights[k] - v).abs().max().item(), k) for k, v in ddp_weights.items() if v.is_floating_point()
+    )
+    assert worst[0] < WEIGHT_TOLERANCE, f"after {CALO_STEPS} steps {worst[1]} differs by {worst[0]:.2e}"
+    # the weights did move, by much more than the tolerance: the steps are compared, not the start
+    initial = calo_single["initial_state_dict"]
+    moved = max((one_weights[k] - initial[k]).abs().max().item() for k in initial if initial[k].is_floating_point())
+    assert moved > 100 * WEIGHT_TOLERANCE
+
+
+# --- 4. GAN noise differs between ranks -------------------------------------------------------------
+def test_gan_noise_differs_between_ranks_and_is_reproducible(gan_ddp):
+    noise0, noise1 = (r["first_noise"] for r in gan_ddp)
+    assert noise0.shape == noise1.shape == (500, 8)
+    assert not torch.allclose(noise0, noise1), "both ranks drew the same latent noise"
+    # rank 1's stream is the documented one: reseeded from (seed 0, rank 1, step 0) at the start of training
+    torch.manual_seed(rank_seed(0, 1, 0))
+    assert torch.equal(noise1, torch.randn(500, 8))
+    assert gan_ddp[0]["first_outputs"]["g_loss"] != gan_ddp[1]["first_outputs"]["g_loss"]
+
+
+# --- 5. a physics metric under DDP equals the single-process value -----------------------------------
+def test_physics_metric_under_ddp_equals_single_process(calo_validate):
+    on_two, on_one = calo_validate["ddp"], calo_validate["single"]
+    assert [(r["rank"], r["world_size"]) for r in on_two["ranks"]] == [(0, 2), (1, 2)]
+    assert [(r["rank"], r["world_size"]) for r in on_one["ranks"]] == [(0, 1)]
+    # max_events counts events over all ranks: 2 batches of 24, not 2 per rank
+    assert on_two["metrics_json"]["events"] == on_one["metrics_json"]["events"] == 48
+    assert "ks/E_tot" in on_one["metrics_json"]
+    assert on_two["metrics_json"] == pytest.approx(on_one["metrics_json"], rel=1e-12, abs=1e-12)
+
+
+def test_every_rank_logs_the_synced_metrics(calo_validate):
+    """CaloMetrics and CaloVAE's own val/neg_elbo: the same value on every rank and as in one process."""
+    rank0, rank1 = (r["metrics"] for r in calo_validate["ddp"]["ranks"])
+    one = calo_validate["single"]["ranks"][0]["metrics"]
+    assert rank0 == rank1
+    for key in ("val/ks/E_tot", "val/sep/response", "val/neg_elbo", "val/kl"):
+        assert rank0[key] == pytest.approx(one[key], rel=1e-6), key
+    assert rank0["val/ks/E_tot"] == pytest.approx(calo_validate["ddp"]["metrics_json"]["ks/E_tot"], rel=1e-6)
