@@ -294,6 +294,11 @@ def main(args: list[str] | None = None) -> None:
     finally:
         release_run_locks()
         CREATED_RUN_DIRS.clear()
+        # WandbLogger reuses a W&B run left open in the process: a second command in the same
+        # Python (a notebook, a test session) would log into the first run's folder
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()
 
 
 if __name__ == "__main__":

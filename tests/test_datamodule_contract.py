@@ -373,7 +373,7 @@ def test_val_batches_interleave_over_ranks_without_padding_or_duplicates():
 def test_lightning_keeps_hepgen_samplers_under_ddp():
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False)
     assert trainer._accelerator_connector.is_distributed and trainer._accelerator_connector.use_distributed_sampler
-    dm = ToyDataModule(n=40)
+    dm = ToyDataModule(n=40, batch_size=2)  # 4 validation events: a batch for each rank
     dm.setup("fit")
     dm.trainer = trainer
     connector = trainer._data_connector
