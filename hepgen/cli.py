@@ -41,6 +41,7 @@ from hepgen.run import (
     resolve_run_dir,
     resolve_run_references,
     update_latest_link,
+    withdraw_run_dirs,
 )
 
 
@@ -293,6 +294,7 @@ def main(args: list[str] | None = None) -> None:
         raise
     finally:
         release_run_locks()
+        withdraw_run_dirs()
         CREATED_RUN_DIRS.clear()
         # WandbLogger reuses a W&B run left open in the process: a second command in the same
         # Python (a notebook, a test session) would log into the first run's folder

@@ -170,6 +170,10 @@ def _rendezvous_file(root: Path, key: str) -> Path:
     return Path(root) / ".rendezvous" / f"{key}.txt"
 
 
+#: Rendezvous files this process published (removed when the command ends).
+PUBLISHED_RENDEZVOUS: list[Path] = []
+
+
 def publish_run_dir(root: Path, key: str, run_dir: Path) -> Path:
     """Rank 0: tell the other ranks of this launch which run directory it chose."""
     path = _rendezvous_file(root, key)
@@ -177,7 +181,14 @@ def publish_run_dir(root: Path, key: str, run_dir: Path) -> Path:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
     tmp.write_text(str(run_dir))
     os.replace(tmp, path)
+    PUBLISHED_RENDEZVOUS.append(path)
     return path
+
+
+def withdraw_run_dirs() -> None:
+    """Remove this process's rendezvous files, so a later launch with the same key cannot read them."""
+    while PUBLISHED_RENDEZVOUS:
+        PUBLISHED_RENDEZVOUS.pop().unlink(missing_ok=True)
 
 
 def wait_for_run_dir(root: Path, key: str, timeout_s: float = 600.0) -> Path:

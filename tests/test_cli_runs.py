@@ -20,7 +20,15 @@ from jsonargparse import Namespace
 from hepgen.checkpoints import newest_checkpoint
 from hepgen.cli import HepgenCLI, main
 from hepgen.errors import CheckpointError, RunDirectoryError
-from hepgen.run import check_config_collision, resolve_checkpoint, resolve_run_dir, resolve_run_references
+from hepgen.run import (
+    check_config_collision,
+    publish_run_dir,
+    resolve_checkpoint,
+    resolve_run_dir,
+    resolve_run_references,
+    wait_for_run_dir,
+    withdraw_run_dirs,
+)
 from hepgen.run_lock import LOCK_NAME
 from tests.conftest import ROOT, TINY_CALO, tiny_args
 
@@ -167,6 +175,13 @@ def test_ranks_started_by_another_launcher_share_one_run_directory(tmp_path, lau
         p.join(timeout=60)
     assert chosen[0] == chosen[1]
     assert [p.name for p in (tmp_path / "tiny").iterdir() if not p.name.startswith(".")] == [Path(chosen[0]).name]
+
+
+def test_rank_0_withdraws_its_choice_when_the_command_ends(tmp_path):
+    path = publish_run_dir(tmp_path, "launch", tmp_path / "tiny" / "v0")
+    assert wait_for_run_dir(tmp_path, "launch", timeout_s=1) == tmp_path / "tiny" / "v0"
+    withdraw_run_dirs()  # main() does this however the command ends
+    assert not path.exists()  # a later launch with the same key cannot read a stale choice
 
 
 def test_commands_in_one_slurm_job_get_distinct_directories_found_again_on_requeue(tmp_path, monkeypatch):
