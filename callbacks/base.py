@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
 
 from datamodules.base import global_batch_index
+from hepgen.distributed import gather_objects
 from hepgen.metrics.roc import roc_curve, roc_summary, sic_curve
 from hepgen.plotting import save_figure
 
@@ -78,11 +79,8 @@ def gather_predictions(trainer, predictions: list[dict], keys) -> dict[str, np.n
     Returns ``{key: array}`` on global rank 0 and ``None`` on the other ranks.
     """
     local = {k: torch.cat([p[k] for p in predictions]).cpu().numpy() for k in keys}
-    if trainer.world_size > 1:
-        parts = [None] * trainer.world_size
-        torch.distributed.all_gather_object(parts, local)
-        local = {k: np.concatenate([p[k] for p in parts]) for k in local}
-    return local if trainer.is_global_zero else None
+    parts = gather_objects(trainer, local)
+    return {k: np.concatenate([p[k] for p in parts]) for k in local} if trainer.is_global_zero else None
 
 
 class _EvaluationMetric(Callback):
@@ -136,10 +134,8 @@ class _EvaluationMetric(Callback):
         """All ranks' kept items, sorted by global batch index, on rank 0 (``None`` elsewhere)."""
         kept = self._kept
         if trainer.world_size > 1:
-            parts = [None] * trainer.world_size
             local = [(i, _map_tensors(item, lambda t: t.cpu())) for i, item in kept]
-            torch.distributed.all_gather_object(parts, local)
-            kept = [entry for part in parts for entry in part]
+            kept = [entry for part in gather_objects(trainer, local) for entry in part]
         self._kept = []
         if not trainer.is_global_zero:
             return None

@@ -361,23 +361,18 @@ def resolve_checkpoint(spec: str | Path, root: str | Path = "runs") -> Path:
 
 
 def resolve_run_references(tree: Any, root: str | Path) -> Any:
-    """Replace every ``run:...`` string in a config (dicts, lists, Namespaces) by the checkpoint path it names.
+    """Replace every ``run:...`` string in a config (Namespaces, lists, strings) by the checkpoint path it names.
 
     The saved config then records the concrete file a run used, so a later ``test`` or a resume
     reads the same model even after the experiment was trained again.
     """
+    if isinstance(tree, str) and RUN_REFERENCE.fullmatch(tree):
+        return str(resolve_checkpoint(tree, root))
     if isinstance(tree, Namespace):
-        for key in tree.keys():
-            value = tree[key]
-            if isinstance(value, str) and RUN_REFERENCE.fullmatch(value):
-                tree[key] = str(resolve_checkpoint(value, root))
-            elif isinstance(value, list):
-                tree[key] = resolve_run_references(value, root)
-        return tree
-    if isinstance(tree, list):
-        return [resolve_run_references(v, root) if isinstance(v, (list, Namespace)) else
-                (str(resolve_checkpoint(v, root)) if isinstance(v, str) and RUN_REFERENCE.fullmatch(v) else v)
-                for v in tree]
+        for key in tree.keys():  # the leaves, as dotted keys
+            tree[key] = resolve_run_references(tree[key], root)
+    elif isinstance(tree, list):
+        return [resolve_run_references(value, root) for value in tree]
     return tree
 
 

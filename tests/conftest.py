@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("Agg")
 
@@ -88,3 +89,36 @@ def folding_ckpt(aidapt_dir, tmp_path_factory) -> Path:
     path = folder / "folding.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+class _EventsWithoutTensors(torch.utils.data.Dataset):
+    """A training split that, like a lazy HDF5 dataset, has no in-RAM ``tensors`` attribute."""
+
+    def __init__(self, events: dict) -> None:
+        self._events = events
+
+    def __len__(self) -> int:
+        return len(next(iter(self._events.values())))
+
+    def __getitems__(self, indices):
+        return {k: v[torch.as_tensor(indices)] for k, v in self._events.items()}
+
+
+def with_lazy_training_split(datamodule_class):
+    """A subclass of ``datamodule_class`` whose training split has no ``tensors`` (as a lazy one)
+    and which counts its ``training_sample`` calls: a model that fits its statistics any other
+    way fails on it."""
+
+    class LazyTrainingSplit(datamodule_class):
+        def setup(self, stage: str) -> None:
+            super().setup(stage)
+            if not isinstance(self.datasets["train"], _EventsWithoutTensors):
+                self._train = self.datasets["train"].tensors
+                self.datasets["train"] = _EventsWithoutTensors(self._train)
+            self.samples_taken = 0
+
+        def training_sample(self, n=None):
+            self.samples_taken += 1
+            return {k: v[:n] for k, v in self._train.items()}
+
+    return LazyTrainingSplit

@@ -9,13 +9,12 @@ import lightning as L
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch.utils.data import Dataset
 
 from datamodules.aidapt import AIDAPTDataModule
 from hepgen.errors import HepgenError
 from hepgen.models.aidapt import FoldingGAN, UnfoldingGAN
 from hepgen.nn.scaling import MinMaxScaler
-from tests.conftest import AIDAPT_EVENTS, ROOT, tiny_folding_gan
+from tests.conftest import AIDAPT_EVENTS, ROOT, tiny_folding_gan, with_lazy_training_split
 
 
 def _data(folder, kind="ps", batch_size=2000) -> AIDAPTDataModule:
@@ -264,30 +263,7 @@ def test_unfolding_evaluation_samples_with_and_without_truth(aidapt_dir, folding
 # --- statistics only through training_sample (C2) -------------------------------------------------
 
 
-class _EventsWithoutTensors(Dataset):
-    """A training split that, like a lazy HDF5 dataset, has no in-RAM ``tensors`` attribute."""
-
-    def __init__(self, events: dict) -> None:
-        self._events = events
-
-    def __len__(self) -> int:
-        return len(next(iter(self._events.values())))
-
-    def __getitems__(self, indices):
-        return {k: v[torch.as_tensor(indices)] for k, v in self._events.items()}
-
-
-class _LazyAIDAPT(AIDAPTDataModule):
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if not isinstance(self.datasets["train"], _EventsWithoutTensors):
-            self._train = self.datasets["train"].tensors
-            self.datasets["train"] = _EventsWithoutTensors(self._train)
-        self.samples_taken = 0
-
-    def training_sample(self, n=None):
-        self.samples_taken += 1
-        return {k: v[:n] for k, v in self._train.items()}
+_LazyAIDAPT = with_lazy_training_split(AIDAPTDataModule)
 
 
 def test_folding_scalers_are_fitted_through_training_sample(aidapt_dir, tmp_path):

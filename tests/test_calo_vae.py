@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from torch.utils.data import Dataset
 
 from datamodules import CaloGANDataModule
 from hepgen.cli import main
@@ -19,7 +18,7 @@ from hepgen.nn.shower import ShowerRepresentation
 from hepgen.physics.calo_geometry import LAYER_KEYS
 from hepgen.physics.calo_observables import compute_observables
 from hepgen.synth.calogan import simulate_showers
-from tests.conftest import tiny_args
+from tests.conftest import tiny_args, with_lazy_training_split
 
 
 @pytest.mark.parametrize(
@@ -172,30 +171,7 @@ def test_validation_noise_is_seeded_by_the_global_batch_index():
     assert seeds == [1, 3, 5, 2]
 
 
-class _ShowersWithoutTensors(Dataset):
-    """A training split that, like a lazy HDF5 dataset, has no in-RAM ``tensors`` attribute."""
-
-    def __init__(self, events: dict) -> None:
-        self._events = events
-
-    def __len__(self) -> int:
-        return len(self._events["energy"])
-
-    def __getitems__(self, indices):
-        return {k: v[torch.as_tensor(indices)] for k, v in self._events.items()}
-
-
-class _LazyCaloGAN(CaloGANDataModule):
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if not isinstance(self.datasets["train"], _ShowersWithoutTensors):
-            self._train = self.datasets["train"].tensors
-            self.datasets["train"] = _ShowersWithoutTensors(self._train)
-        self.samples_taken = 0
-
-    def training_sample(self, n=None):
-        self.samples_taken += 1
-        return {k: v[:n] for k, v in self._train.items()}
+_LazyCaloGAN = with_lazy_training_split(CaloGANDataModule)
 
 
 def test_statistics_are_fitted_through_training_sample(calogan_dir):

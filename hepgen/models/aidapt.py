@@ -28,9 +28,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.base import global_batch_index
+from hepgen.distributed import gather_objects
 from hepgen.errors import ConfigValueError
 from hepgen.metrics.distributions import density_chi2
-from hepgen.models.gan import AdversarialModule, gather_from_ranks
+from hepgen.models.gan import AdversarialModule
 from hepgen.nn.cgan import ConditionalDiscriminator, ConditionalGenerator
 from hepgen.nn.scaling import MinMaxScaler
 from hepgen.physics.kinematics import INVARIANT_NAMES
@@ -147,7 +148,7 @@ class _AIDAPTGAN(AdversarialModule):
 
     def _end_evaluation(self, stage: str) -> None:
         # chi2 is not additive over ranks: every rank gathers all batches, in single-process order
-        parts = gather_from_ranks(self._trainer, self._eval_batches)
+        parts = gather_objects(self._trainer, self._eval_batches)
         batches = sorted((b for part in parts for b in part), key=lambda b: b[0])
         self._start_evaluation()
         if not batches:

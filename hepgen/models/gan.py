@@ -276,21 +276,6 @@ class AdversarialModule(LightningModule):
         return load_frozen(cls, spec, option=option, hint=hint, root=root)
 
 
-def gather_from_ranks(trainer, obj) -> list:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every rank; ``[obj]`` in a single process.
-
-    For samples that a non-additive statistic (a chi2 of histograms) needs whole; the objects
-    may differ in size between ranks (the last evaluation batch is short), unlike
-    ``LightningModule.all_gather``'s tensors.
-    """
-    world_size = getattr(trainer, "world_size", 1) if trainer is not None else 1
-    if world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [obj]
-    parts = [None] * world_size
-    torch.distributed.all_gather_object(parts, obj)
-    return parts
-
-
 class FrozenModelError(HepgenError):
     """A model to load frozen is missing, unreadable or of another class (names the option)."""
 
