@@ -3,5 +3,9 @@
 from datamodules.aidapt import AIDAPTDataModule
 from datamodules.base import HepDataModule
 from datamodules.calogan import CaloGANDataModule
+from datamodules.timeseries import CSVSeriesDataModule, OUDataModule, TrajectoryDataModule
 
-__all__ = ["AIDAPTDataModule", "CaloGANDataModule", "HepDataModule"]
+__all__ = [
+    "AIDAPTDataModule", "CSVSeriesDataModule", "CaloGANDataModule", "HepDataModule", "OUDataModule",
+    "TrajectoryDataModule",
+]  # fmt: skip

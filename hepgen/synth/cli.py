@@ -14,6 +14,7 @@ class MadeDataset:
     description: str
     make: Callable[..., list]
     options: dict[str, dict] = field(default_factory=dict)
+    events: int = 10_000  # the default of --events
 
 
 def _make_calogan(out, events, seed, particles, progress=True):
@@ -26,6 +27,18 @@ def _make_aidapt(out, events, seed, samples, files, progress=True):
     from hepgen.synth.aidapt import make_aidapt
 
     return make_aidapt(out, events=events, seed=seed, samples=samples, n_files=files, progress=progress)
+
+
+def _make_csv_series(out, events, seed, progress=True):
+    from hepgen.synth.series import make_csv_series
+
+    return make_csv_series(out, events=events, seed=seed, progress=progress)
+
+
+def _make_geolife(out, events, seed, users, progress=True):
+    from hepgen.synth.series import make_geolife
+
+    return make_geolife(out, events=events, seed=seed, users=users, progress=progress)
 
 
 MADE_DATASETS: dict[str, MadeDataset] = {
@@ -47,6 +60,21 @@ MADE_DATASETS: dict[str, MadeDataset] = {
             "--files": {"type": int, "default": 4, "help": "vertex/detector file pairs per sample (default 4)"},
         },
     ),
+    "csv_series": MadeDataset(
+        "An hourly multi-channel seasonal series in the Beijing air-quality CSV layout (air_quality.csv: header "
+        "PM2.5,PM10,SO2,NO2,CO,O3,TEMP,PRES,DEWP,RAIN,WSPM, NA for missing values; daily and yearly cycles, "
+        "correlated AR noise) and air_quality.made.json. --events counts rows (hours).",
+        _make_csv_series,
+        events=17_520,
+    ),
+    "geolife": MadeDataset(
+        "GPS trajectories in the Geolife 1.3 layout (Data/<user>/Trajectory/<start>.plt, 6 header lines, altitude "
+        "-777 = invalid): walkers, cyclists and cars around Beijing sampled every 1-5 s, and geolife_made.json. "
+        "--events counts trajectories.",
+        _make_geolife,
+        {"--users": {"type": int, "default": 5, "help": "user folders the trajectories are dealt into (default 5)"}},
+        events=100,
+    ),
 }
 
 
@@ -59,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in MADE_DATASETS.items():
         sub = kinds.add_parser(name, help=spec.description, description=spec.description)
         sub.add_argument("--out", required=True, help="folder to write into (existing files are never overwritten)")
-        sub.add_argument("--events", type=int, default=10_000, help="events to make: per file (calogan), generated per sample before acceptance (aidapt); default 10000")
+        sub.add_argument("--events", type=int, default=spec.events, help="events to make: per file (calogan), generated per sample before acceptance (aidapt), rows (csv_series), trajectories (geolife); default %(default)s")
         sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         for flag, kwargs in spec.options.items():
             sub.add_argument(flag, **kwargs)
