@@ -3,6 +3,7 @@
 from callbacks.aidapt import AIDAPTMetrics, AIDAPTWriter, GANMonitor
 from callbacks.base import PhysicsMetric
 from callbacks.calo import CaloGANWriter, CaloMetrics
+from callbacks.paths import PathMetrics, PathWriter
 from callbacks.reproducibility import RNGStateCheckpoint
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "CaloGANWriter",
     "CaloMetrics",
     "GANMonitor",
+    "PathMetrics",
+    "PathWriter",
     "PhysicsMetric",
     "RNGStateCheckpoint",
 ]
