@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -26,7 +27,7 @@ import callbacks
 import datamodules
 import hepgen.models
 from callbacks.reproducibility import RNGStateCheckpoint
-from hepgen.errors import HepgenError
+from hepgen.errors import ConfigValueError, HepgenError
 from hepgen.run_lock import RunLock, release_run_locks
 from hepgen.run import (
     CREATED_RUN_DIRS,
@@ -177,11 +178,17 @@ class HepgenCLI(LightningCLI):
         parser.add_class_arguments(RunSettings, "run")
         # values a model must match to its data come from the datamodule, never set twice by hand
         parser.link_arguments("data", "model.init_args.num_particles", compute_fn=_num_particles, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.data_size", compute_fn=_series_channels, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.t_size", compute_fn=_series_length, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:
             return
         cfg = self.config[self.subcommand]
+        if cfg.run.threads is not None:
+            if cfg.run.threads < 1:
+                raise ConfigValueError(f"--run.threads {cfg.run.threads}: give at least 1 thread.")
+            torch.set_num_threads(cfg.run.threads)
         ckpt_path = cfg.get("ckpt_path")
         self.run_dir = resolve_run_dir(cfg.run, cfg.get("config"), self.subcommand, ckpt_path)
         resolve_run_references(cfg.model, cfg.run.root)  # run:<experiment>@latest:last -> a file
@@ -256,6 +263,16 @@ def default_checkpoints(dirpath: Path, monitor: str | None, mode: str, every_n_e
 def _num_particles(data) -> int:
     """Particle species of a datamodule (1 for data families without species)."""
     return getattr(data, "num_particles", 1)
+
+
+def _series_channels(data) -> int | None:
+    """Channels C of a time-series datamodule (``None`` for other data; only time-series models link it)."""
+    return getattr(data, "channels", None)
+
+
+def _series_length(data) -> int | None:
+    """Observations T per path of a time-series datamodule (``None`` for other data)."""
+    return getattr(data, "t_size", None)
 
 
 def _chooses_run_dir() -> bool:

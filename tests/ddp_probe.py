@@ -12,7 +12,7 @@ with ``weights_only=False``):
 * ``fit_rank<r>.pt`` at the end of training: ``rank``, ``world_size``, ``global_step``, the
   model's ``state_dict`` and ``initial_state_dict`` (at the start of training; CPU copies),
   ``batches`` (per recorded step the batch's incident energies (B, 1) GeV for CaloGAN, or
-  vertex invariants (B, 4) for A(i)DAPT: which events the rank saw, in its order),
+  vertex invariants (B, 4) for A(i)DAPT, paths (B, T, 1 + C) for time series: which events the rank saw, in its order),
   ``first_noise`` (the first latent noise the GAN drew in training, (B, noise_dim); ``None`` for
   a model without ``noise``), ``first_outputs`` (the first training step's returned losses, as
   floats) and ``metrics`` (``trainer.callback_metrics`` as floats);
@@ -35,7 +35,7 @@ from lightning.pytorch import Callback
 from callbacks import CaloMetrics
 
 #: Batch keys whose values identify the events of a batch, by data family (first found is used).
-EVENT_KEYS = ("energy", "vertex")
+EVENT_KEYS = ("energy", "vertex", "path")
 
 
 def _floats(metrics: dict) -> dict[str, float]:

@@ -19,7 +19,7 @@ from jsonargparse import Namespace
 
 from hepgen.checkpoints import newest_checkpoint
 from hepgen.cli import HepgenCLI, main
-from hepgen.errors import CheckpointError, RunDirectoryError
+from hepgen.errors import CheckpointError, ConfigValueError, RunDirectoryError
 from hepgen.run import (
     check_config_collision,
     publish_run_dir,
@@ -250,3 +250,15 @@ def test_experiment_yamls_name_no_hard_coded_run_version():
         text = path.read_text()
         assert "/v0/" not in text, f"{path} names a fixed run version; use run:<experiment>@latest:last"
         assert "num_particles" not in text, f"{path} sets num_particles by hand; it is linked from the data"
+
+
+def test_run_threads_sets_the_torch_threads_of_the_run(calogan_dir, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        main(tiny_args("fit", calogan_dir, tmp_path, "--trainer.max_steps", "1", "--run.threads", "1"))
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ConfigValueError, match="--run.threads 0: give at least 1 thread"):
+            main(tiny_args("fit", calogan_dir, tmp_path, "--run.threads", "0"))
+    finally:
+        torch.set_num_threads(before)

@@ -191,6 +191,23 @@ def gan_ddp(aidapt_dir, tmp_path_factory) -> list[dict]:
     return [load(run_dir / "probe" / f"fit_rank{r}.pt") for r in (0, 1)]
 
 
+@pytest.fixture(scope="module")
+def sde_ddp(tmp_path_factory) -> dict:
+    """SDEGAN (simultaneous updates, SWA from the first step) on 2 ranks x batch 32, 2 steps each."""
+    root = tmp_path_factory.mktemp("sde_ddp")
+    args = [
+        "fit", "-c", str(ROOT / "tests" / "conf" / "sde_gan_tiny.yaml"),
+        "--run.root", str(root), "--run.experiment", "tiny_sde",
+        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0", "--model.init_args.swa_start", "0",
+        "--trainer.callbacks+=" + PROBE,
+        *ddp(),
+    ]  # fmt: skip
+    hepgen(args, root)
+    versions = sorted(p.name for p in (root / "tiny_sde").iterdir() if re.fullmatch(r"v\d+", p.name))
+    run_dir = root / "tiny_sde" / versions[0]
+    return {"versions": versions, "ranks": [load(run_dir / "probe" / f"fit_rank{r}.pt") for r in (0, 1)]}
+
+
 # --- 1. one run directory, one W&B run ----------------------------------------------------------
 def test_ddp_fit_writes_one_run_directory_and_one_wandb_run(calo_ddp):
     ranks = calo_ddp["ranks"]
@@ -229,6 +246,18 @@ def test_gan_ranks_hold_identical_weights(gan_ddp):
     assert any(k.startswith("generator.") for k in compared) and any(k.startswith("discriminator.") for k in compared)
     differing = [k for k in compared if not torch.equal(rank0["state_dict"][k], rank1["state_dict"][k])]
     assert not differing, f"weights differ between ranks after 2 steps: {differing}"
+
+
+def test_sde_gan_ranks_hold_identical_weights_and_swa_copies(sde_ddp):
+    rank0, rank1 = sde_ddp["ranks"]
+    assert sde_ddp["versions"] == ["v0"]
+    # 128 training paths in 4 batches of 32: 2 simultaneous steps per rank, each steps 2 optimizers
+    assert [(r["rank"], r["world_size"], r["global_step"]) for r in sde_ddp["ranks"]] == [(0, 2, 4), (1, 2, 4)]
+    state0, state1 = rank0["state_dict"], rank1["state_dict"]
+    assert int(state0["averages.generator.n_averaged"]) == 2
+    assert any(k.startswith("averages.discriminator.module.") for k in state0)
+    differing = [k for k in state0 if not torch.equal(state0[k], state1[k])]
+    assert not differing, f"SDEGAN weights or SWA copies differ between ranks: {differing}"
 
 
 # --- 3. 2 ranks x B = 1 process x 2B ----------------------------------------------------------------
@@ -273,6 +302,14 @@ def test_gan_noise_differs_between_ranks_and_is_reproducible(gan_ddp):
     torch.manual_seed(rank_seed(0, 1, 0))
     assert torch.equal(noise1, torch.randn(500, 8))
     assert gan_ddp[0]["first_outputs"]["g_loss"] != gan_ddp[1]["first_outputs"]["g_loss"]
+
+
+def test_sde_gan_noise_differs_between_ranks_and_is_reproducible(sde_ddp):
+    noise0, noise1 = (r["first_noise"] for r in sde_ddp["ranks"])
+    assert noise0.shape == noise1.shape == (32, 3)  # initial noise of the tiny config
+    assert not torch.allclose(noise0, noise1)
+    torch.manual_seed(rank_seed(0, 1, 0))
+    assert torch.equal(noise1, torch.randn(32, 3))
 
 
 # --- 5. a physics metric under DDP equals the single-process value -----------------------------------

@@ -15,7 +15,7 @@ EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
 
 def test_there_are_experiments():
     families = {p.parent.name for p in EXPERIMENTS}
-    assert {"calo_vae", "aidapt"} <= families
+    assert {"calo_vae", "aidapt", "sde_gan"} <= families
 
 
 def _data_overrides(config: Path, request) -> tuple[list[str], str]:
@@ -35,6 +35,18 @@ def _data_overrides(config: Path, request) -> tuple[list[str], str]:
         if spec["model"]["class_path"] == "UnfoldingGAN":
             args += ["--model.init_args.folding_ckpt", str(request.getfixturevalue("folding_ckpt"))]
         return args, "predictions/*.npy"
+    # time series: few, short paths; real-data configs read made files in the real format
+    series = ["--data.init_args.batch_size", "16", "--model.init_args.swa_start", "0"]
+    if data_class == "OUDataModule":
+        return [*series, "--data.init_args.made_events", "160", "--data.init_args.t_size", "16"], "predictions/*.npz"
+    if data_class == "CSVSeriesDataModule":
+        made = ["--data.init_args.source", "made", "--data.init_args.made_events", "600"]
+        folder = request.getfixturevalue("tmp_path_factory").mktemp("csv_series")
+        return [*series, *made, "--data.init_args.data_dir", str(folder)], "predictions/*.npz"
+    if data_class == "TrajectoryDataModule":
+        made = ["--data.init_args.source", "made", "--data.init_args.made_events", "12", "--data.init_args.window", "16"]
+        folder = request.getfixturevalue("tmp_path_factory").mktemp("geolife")
+        return [*series, *made, "--data.init_args.data_dir", str(folder)], "predictions/*.npz"
     raise AssertionError(f"{config}: no made data for {data_class}; add it to this test")
 
 

@@ -2,5 +2,6 @@
 
 from hepgen.models.aidapt import FoldingGAN, UnfoldingGAN
 from hepgen.models.calo_vae import CaloVAE
+from hepgen.models.sde_gan import SDEGAN
 
-__all__ = ["CaloVAE", "FoldingGAN", "UnfoldingGAN"]
+__all__ = ["CaloVAE", "FoldingGAN", "SDEGAN", "UnfoldingGAN"]

@@ -1,0 +1,187 @@
+"""Neural SDE generator and neural CDE discriminator (Kidger et al. 2021, arXiv:2102.03657).
+
+The generator is a Stratonovich SDE in a hidden space,
+
+    X_0 = zeta(V),  V ~ N(0, I);   dX_t = mu(t, X_t) dt + sigma(t, X_t) o dW_t;   Y_t = A X_t + b,
+
+and the discriminator a controlled differential equation driven by the path (t, Y_t),
+
+    H_0 = xi(t_0, Y_0);   dH_t = f(t, H_t) d(t, Y_t);   D(Y) = m . H_T.
+
+Time is a channel of the control: without it the CDE could not tell how fast a path is
+traversed (the CDE solution is invariant under reparametrisation of the control). Both solve
+with reversible Heun, whose exact adjoint gives O(1)-memory gradients through the solve.
+
+Shapes: B paths, T observation times, C data channels, ``hidden`` state size, ``noise``
+Brownian channels. Times are in the model's time units (observation index for regular series).
+"""
+
+from __future__ import annotations
+
+import torch
+import torchcde
+import torchsde
+from torch import nn
+
+from hepgen.nn.mlp import mlp
+
+
+class LipSwish(nn.Module):
+    """0.909 * x * sigmoid(x): SiLU scaled to Lipschitz constant 1 (needed for a Lipschitz critic)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.909 * nn.functional.silu(x)
+
+
+def lipswish_mlp(n_in: int, n_out: int, width: int, layers: int, tanh: bool = False) -> nn.Sequential:
+    """``layers`` hidden layers of ``width`` with LipSwish; a final tanh bounds the output to (-1, 1).
+
+    The tanh on drift and diffusion bounds the rate of change of the hidden state, which keeps
+    the untrained SDE from blowing up over tens of solver steps.
+    """
+    net = mlp([n_in, *[width] * layers, n_out], activation=LipSwish)
+    return nn.Sequential(*net, nn.Tanh()) if tanh else net
+
+
+class _GeneratorField(nn.Module):
+    """Drift mu(t, X) (B, hidden) and diffusion sigma(t, X) (B, hidden, noise) of the generator SDE."""
+
+    sde_type = "stratonovich"
+    noise_type = "general"
+
+    def __init__(self, hidden: int, noise: int, width: int, layers: int) -> None:
+        super().__init__()
+        self.hidden, self.noise = hidden, noise
+        self.drift = lipswish_mlp(1 + hidden, hidden, width, layers, tanh=True)
+        self.diffusion = lipswish_mlp(1 + hidden, hidden * noise, width, layers, tanh=True)
+
+    def _input(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t.expand(x.shape[0], 1), x], dim=1)
+
+    def f_and_g(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tx = self._input(t, x)
+        return self.drift(tx), self.diffusion(tx).view(x.shape[0], self.hidden, self.noise)
+
+    # torchsde's adjoint asks for f and g separately as well
+    def f(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.drift(self._input(t, x))
+
+    def g(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.diffusion(self._input(t, x)).view(x.shape[0], self.hidden, self.noise)
+
+
+class SDEGenerator(nn.Module):
+    """Paths Y (B, T, C) from initial noise V (B, initial_noise) and a Brownian motion (B, noise).
+
+    Args:
+        data_size: C, channels of the generated paths.
+        initial_noise: size of V.
+        noise: Brownian channels.
+        hidden: size of the SDE state X.
+        width, layers: the MLPs' hidden width and number of hidden layers.
+        initial_scale, field_scale: factors on the initial weights of zeta and of (mu, sigma),
+            chosen in the reference so that the untrained model's spread at t = 0 and its
+            growth over time roughly match normalised data (3 and 0.5).
+        method, adjoint_method: torchsde solvers; ``adjoint_method=None`` backpropagates
+            through the solver steps instead (needed for a gradient penalty's double backward).
+        dt: fixed solver step, in time units.
+    """
+
+    def __init__(
+        self,
+        data_size: int,
+        initial_noise: int = 5,
+        noise: int = 3,
+        hidden: int = 16,
+        width: int = 16,
+        layers: int = 1,
+        initial_scale: float = 3.0,
+        field_scale: float = 0.5,
+        method: str = "reversible_heun",
+        adjoint_method: str | None = "adjoint_reversible_heun",
+        dt: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.initial_noise, self.noise_size = initial_noise, noise
+        self.method, self.adjoint_method, self.dt = method, adjoint_method, dt
+        self.initial = lipswish_mlp(initial_noise, hidden, width, layers)
+        self.field = _GeneratorField(hidden, noise, width, layers)
+        self.readout = nn.Linear(hidden, data_size)
+        with torch.no_grad():
+            for p in self.initial.parameters():
+                p.mul_(initial_scale)
+            for p in self.field.parameters():
+                p.mul_(field_scale)
+
+    def forward(self, ts: torch.Tensor, initial_noise: torch.Tensor, entropy: int) -> torch.Tensor:
+        """Paths at the times ``ts`` (T,) from ``initial_noise`` (B, initial_noise): (B, T, C).
+
+        ``entropy`` seeds the Brownian motion (a torchsde BrownianInterval), so the caller's
+        random stream decides every random number of a path.
+        """
+        x0 = self.initial(initial_noise)
+        bm = torchsde.BrownianInterval(
+            t0=ts[0], t1=ts[-1], size=(x0.shape[0], self.noise_size), dtype=x0.dtype, device=x0.device, entropy=entropy
+        )
+        if self.adjoint_method is None:
+            xs = torchsde.sdeint(self.field, x0, ts, bm=bm, method=self.method, dt=self.dt)
+        else:
+            xs = torchsde.sdeint_adjoint(
+                self.field, x0, ts, bm=bm, method=self.method, adjoint_method=self.adjoint_method, dt=self.dt
+            )
+        return self.readout(xs.transpose(0, 1))  # (T, B, hidden) -> (B, T, C)
+
+
+class _CDEField(nn.Module):
+    """f(t, H) (B, hidden, 1 + C): how the state responds to each channel of d(t, Y)."""
+
+    def __init__(self, hidden: int, channels: int, width: int, layers: int) -> None:
+        super().__init__()
+        self.hidden, self.channels = hidden, channels
+        self.net = lipswish_mlp(1 + hidden, hidden * channels, width, layers, tanh=True)
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        th = torch.cat([t.expand(h.shape[0], 1), h], dim=1)
+        return self.net(th).view(h.shape[0], self.hidden, self.channels)
+
+
+class CDEDiscriminator(nn.Module):
+    """Critic score (B,) of paths given as (B, T, 1 + C) = (time, values), NaN-free.
+
+    The path is the control of the CDE through its linear interpolation over the observation
+    index; irregular observation times enter through the time channel.
+
+    Args:
+        data_size: C.
+        hidden, width, layers: CDE state size and its vector field's MLP.
+        adjoint: solve with the reversible-Heun adjoint (O(1) memory); ``False`` backpropagates
+            through the steps (needed for the gradient penalty).
+        dt: fixed solver step, in observation-index units.
+    """
+
+    def __init__(self, data_size: int, hidden: int = 16, width: int = 16, layers: int = 1, adjoint: bool = True,
+                 dt: float = 1.0) -> None:  # fmt: skip
+        super().__init__()
+        self.adjoint, self.dt = adjoint, dt
+        self.initial = lipswish_mlp(1 + data_size, hidden, width, layers)
+        self.field = _CDEField(hidden, 1 + data_size, width, layers)
+        self.readout = nn.Linear(hidden, 1)
+
+    def forward(self, path: torch.Tensor) -> torch.Tensor:
+        control = torchcde.LinearInterpolation(path)  # no NaN: the coefficients are the path itself
+        h0 = self.initial(control.evaluate(control.interval[0]))
+        options = dict(method="reversible_heun", backend="torchsde", dt=self.dt)
+        if self.adjoint:  # the adjoint solve carries gradients for what the vector field reads
+            params = tuple(p for p in self.field.parameters() if p.requires_grad)
+            options.update(adjoint_method="adjoint_reversible_heun", adjoint_params=(path, *params))
+        hs = torchcde.cdeint(X=control, func=self.field, z0=h0, t=control.interval, adjoint=self.adjoint, **options)
+        return self.readout(hs[:, -1]).squeeze(1)
+
+    @torch.no_grad()
+    def clip_weights(self) -> None:
+        """|W_ij| <= 1 / out_features for every linear layer (biases free): with LipSwish and
+        tanh, each layer and so the critic is Lipschitz, as a Wasserstein critic must be."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                bound = 1.0 / module.out_features
+                module.weight.clamp_(-bound, bound)
