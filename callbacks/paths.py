@@ -95,6 +95,9 @@ class PathMetrics(PhysicsMetric):
         max_lag: largest autocovariance lag (at most T - 1).
         classifier_epochs: training epochs of the test classifier.
         n_plot_paths: paths drawn per side in ``paths``.
+        plot_channels: channels drawn in the figures (the first ones; every channel is measured).
+            Each adds a row of subplots, and matplotlib's layout of tens of them takes tens of
+            seconds per validation.
         **kwargs: see :class:`callbacks.base.PhysicsMetric`.
     """
 
@@ -105,6 +108,7 @@ class PathMetrics(PhysicsMetric):
         max_lag: int = 5,
         classifier_epochs: int = 30,
         n_plot_paths: int = 50,
+        plot_channels: int = 4,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -115,6 +119,7 @@ class PathMetrics(PhysicsMetric):
         self.max_lag = max_lag
         self.classifier_epochs = classifier_epochs
         self.n_plot_paths = n_plot_paths
+        self.plot_channels = plot_channels
         self._datamodule = None
 
     def before_compute(self, trainer, pl_module, events: int) -> None:
@@ -207,6 +212,7 @@ class PathMetrics(PhysicsMetric):
     def figures(self, reference, generated, stage):
         names, units = self.channels(reference["values"].shape[2])
         labels = [f"{name} [{unit}]" if unit else name for name, unit in zip(names, units)]
+        labels = labels[: self.plot_channels]
         return {
             "paths": self.paths_figure(reference, generated, labels, stage),
             "marginals": self.marginals_figure(reference, generated, labels, stage),

@@ -40,7 +40,7 @@ def _data_overrides(config: Path, request) -> tuple[list[str], str]:
     if data_class == "OUDataModule":
         return [*series, "--data.init_args.made_events", "160", "--data.init_args.t_size", "16"], "predictions/*.npz"
     if data_class == "CSVSeriesDataModule":
-        made = ["--data.init_args.source", "made", "--data.init_args.made_events", "600"]
+        made = ["--data.init_args.source", "made", "--data.init_args.made_events", "600", "--data.init_args.window", "8"]
         folder = request.getfixturevalue("tmp_path_factory").mktemp("csv_series")
         return [*series, *made, "--data.init_args.data_dir", str(folder)], "predictions/*.npz"
     if data_class == "TrajectoryDataModule":
