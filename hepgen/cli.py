@@ -280,6 +280,18 @@ def _chooses_run_dir() -> bool:
     return launch_rank() == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
+def _wrapped_hepgen_error(error: BaseException) -> HepgenError | None:
+    """The hepgen error behind ``error``: jsonargparse re-raises what a class raises while it is
+    instantiated (a datamodule that reads its file's header) as a long "does not validate" error."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, HepgenError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``hepgen`` console script (also ``python -m hepgen``).
 
@@ -306,9 +318,13 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"hepgen: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except BaseException:
+    except BaseException as error:
         remove_unused_run_dirs()
-        raise
+        cause = _wrapped_hepgen_error(error)
+        if cause is None or debug_requested():
+            raise
+        print(f"hepgen: error: {cause}", file=sys.stderr)
+        sys.exit(2)
     finally:
         release_run_locks()
         withdraw_run_dirs()

@@ -13,11 +13,12 @@ import h5py
 import numpy as np
 import pytest
 
-from datamodules import CaloGANDataModule
+from datamodules import CaloGANDataModule, CSVSeriesDataModule
 from hepgen.io import DataFileError
 from hepgen.io.calogan import KEY_SHAPES, read_calogan, write_calogan
 from hepgen.physics.calo_geometry import PARTICLES
 from hepgen.synth.calogan import simulate_showers
+from tests.conftest import ROOT
 
 N_EVENTS = 50
 DOI = "10.17632/pvn3xc3wy5.1"
@@ -324,3 +325,21 @@ def test_files_written_by_hand_are_valid_before_breaking(tmp_path, showers):
     assert set(out) == set(KEY_SHAPES)
     for key, value in showers.items():
         np.testing.assert_array_equal(out[key], value)
+
+
+def test_a_datamodule_error_while_instantiating_is_one_line(tmp_path, capsys, monkeypatch):
+    # CSVSeriesDataModule reads the header of its file when it is built (the model is linked to
+    # its channels), inside jsonargparse, which wraps the error in a long "does not validate" one
+    monkeypatch.delenv("HEPGEN_DEBUG", raising=False)
+    config = ROOT / "experiments" / "sde_gan" / "air_quality.yaml"
+    missing = tmp_path / "nowhere"
+    err = run_cli_expecting_exit(
+        ["fit", "-c", str(config), "--data.init_args.data_dir", str(missing), "--run.root", str(tmp_path / "runs")],
+        capsys,
+        monkeypatch,
+    )
+    assert err.strip().splitlines() == [
+        f"hepgen: error: data file not found: {missing / 'beijing_air_aotizhongxin.csv'}. "
+        + CSVSeriesDataModule.download_hint
+    ], err
+    assert not (tmp_path / "runs").exists()
