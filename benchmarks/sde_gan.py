@@ -99,7 +99,7 @@ class PlainLoop:
         self.d_opt = torch.optim.Adadelta(self.D.parameters(), lr=LR_D, weight_decay=WEIGHT_DECAY)
         self.averaged = (AveragedModel(self.G), AveragedModel(self.D))
         path = data["path"]
-        real = torch.cat([path[..., :1], (path[..., 1:] - model.value_mean) / model.value_std], dim=-1)
+        real = model.normalized(path)
         self.loader = train_loader(ArrayDictDataset({"path": real}), BATCH)  # the Trainer's sampler and seed
         self.step, self.epoch, self.losses = 0, 0, []
         set_sampler_epoch(self.loader, 0)

@@ -281,8 +281,9 @@ def _chooses_run_dir() -> bool:
 
 
 def _wrapped_hepgen_error(error: BaseException) -> HepgenError | None:
-    """The hepgen error behind ``error``: jsonargparse re-raises what a class raises while it is
-    instantiated (a datamodule that reads its file's header) as a long "does not validate" error."""
+    """``error`` itself or the hepgen error behind it: jsonargparse re-raises what a class raises
+    while it is instantiated (a datamodule that reads its file's header) as a long "does not
+    validate" error."""
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, HepgenError):
@@ -312,12 +313,6 @@ def main(args: list[str] | None = None) -> None:
         sys.argv[1:] = argv  # LightningCLI warns when given args besides a command line
     try:
         HepgenCLI(args=None if args is None else argv)
-    except HepgenError as error:
-        remove_unused_run_dirs()
-        if debug_requested():
-            raise
-        print(f"hepgen: error: {error}", file=sys.stderr)
-        sys.exit(2)
     except BaseException as error:
         remove_unused_run_dirs()
         cause = _wrapped_hepgen_error(error)

@@ -127,7 +127,7 @@ def test_clipping_keeps_every_critic_weight_within_one_over_out_features(n_criti
 def test_gradient_penalty_mode_does_not_clip_and_penalises_steep_critics():
     model = tiny_model(lipschitz="gp")
     assert not model.discriminator.adjoint  # its backward is differentiated again
-    real, fake = (model._normalized(random_walks(8, seed=s)["path"]) for s in (1, 2))
+    real, fake = (model.normalized(random_walks(8, seed=s)["path"]) for s in (1, 2))
     with torch.no_grad():
         for m in model.discriminator.modules():
             if isinstance(m, torch.nn.Linear):
@@ -191,7 +191,7 @@ def test_simultaneous_step_moves_generator_up_the_critic():
     batch = random_walks(16)
     torch.manual_seed(0)
     fake = reference._generate_normalized(16)
-    gap = reference.critic_gap(reference._normalized(batch["path"]), fake)
+    gap = reference.critic_gap(reference.normalized(batch["path"]), fake)
     gap.backward()
     g_expected = reference.generator.readout.weight + 0.1 * reference.generator.readout.weight.grad
     d_expected = reference.discriminator.readout.weight - 0.1 * reference.discriminator.readout.weight.grad
@@ -276,7 +276,7 @@ def test_critic_training_separates_ou_paths_from_the_untrained_generator():
     def w1_estimate() -> float:
         with torch.no_grad():
             torch.manual_seed(1)
-            real = model._normalized(held_out["path"])
+            real = model.normalized(held_out["path"])
             return -float(model.critic_gap(real, model._generate_normalized(len(real), times=real[..., 0])))
 
     before = w1_estimate()

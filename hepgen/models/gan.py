@@ -233,9 +233,11 @@ class AdversarialModule(LightningModule):
                 average.update_parameters(getattr(self, name))
 
     def network(self, name: str) -> nn.Module:
-        """Network ``name`` for generation: its averaged copy in evaluation mode, if configured."""
-        if not self.training and self.evaluate_averaged and name in self.averages:
-            return self.averages[name].module
+        """Network ``name`` for generation: its averaged copy in evaluation mode, if configured
+        and already averaged (an SWA copy holds the initial weights until its first update)."""
+        average = self.averages[name] if name in self.averages else None
+        if not self.training and self.evaluate_averaged and average is not None and int(average.n_averaged) > 0:
+            return average.module
         return getattr(self, name)
 
     def on_fit_start(self) -> None:

@@ -176,7 +176,7 @@ class SDEGAN(AdversarialModule):
     def on_predict_start(self) -> None:
         self._ensure_normalization(training=False)
 
-    def _normalized(self, path: torch.Tensor) -> torch.Tensor:
+    def normalized(self, path: torch.Tensor) -> torch.Tensor:
         """(B, T, 1 + C) physical -> the same with standardised value channels."""
         return torch.cat([path[..., :1], (path[..., 1:] - self.value_mean) / self.value_std], dim=-1)
 
@@ -211,13 +211,6 @@ class SDEGAN(AdversarialModule):
         path = self._generate_normalized(n, generator, times)
         return path[..., 1:] * self.value_std + self.value_mean
 
-    def network(self, name: str):
-        # an SWA copy holds the initial weights until the first update: use the live network
-        average = self.averages[name] if name in self.averages else None
-        if average is not None and int(average.n_averaged) == 0:
-            return getattr(self, name)
-        return super().network(name)
-
     # --- the Wasserstein objective -------------------------------------------------------------
     def critic_gap(self, real: torch.Tensor, fake: torch.Tensor, critic=None) -> torch.Tensor:
         """mean D(fake) - mean D(real): minus the critic's estimate of W1 (what D minimises)."""
@@ -247,7 +240,7 @@ class SDEGAN(AdversarialModule):
 
     # --- training ----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        real = self._normalized(batch["path"])
+        real = self.normalized(batch["path"])
         if self.hparams.n_critic == 1:
             losses = self._simultaneous_step(real)
         else:
@@ -309,7 +302,7 @@ class SDEGAN(AdversarialModule):
         return torch.Generator(device=self.device).manual_seed(self.hparams.eval_seed + index)
 
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
-        real = self._normalized(batch["path"])
+        real = self.normalized(batch["path"])
         fake = self._generate_normalized(len(real), self._eval_generator(batch_idx), real[..., 0])
         gap = self.critic_gap(real, fake, self.network("discriminator"))
         self.log(f"{stage}/critic_gap", gap, batch_size=len(real), sync_dist=True)
