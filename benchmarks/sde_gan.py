@@ -155,6 +155,15 @@ class PlainLoop:
         return seconds
 
 
+def load_example(checkout: Path) -> types.ModuleType:
+    """torchsde's ``examples/sde_gan.py`` from a checkout, imported as a module (its code unchanged)."""
+    sys.modules.setdefault("fire", types.ModuleType("fire"))  # imported by the example, used in __main__ only
+    spec = importlib.util.spec_from_file_location("torchsde_example_sde_gan", checkout / "examples" / "sde_gan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class ReferenceRunner:
     """torchsde's examples/sde_gan.py ``main()``, unmodified, in a thread that pauses at step boundaries.
 
@@ -163,10 +172,7 @@ class ReferenceRunner:
     """
 
     def __init__(self, checkout: Path, steps: int, threads: int) -> None:
-        sys.modules.setdefault("fire", types.ModuleType("fire"))  # imported by the example, used in __main__ only
-        spec = importlib.util.spec_from_file_location("torchsde_example_sde_gan", checkout / "examples" / "sde_gan.py")
-        self.module = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        self.module = module = load_example(checkout)
         made, make = {}, module.get_data
 
         def get_data(**kwargs):  # main() makes new data at the end, for its plots: reuse the first
