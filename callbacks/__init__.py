@@ -3,12 +3,14 @@
 from callbacks.aidapt import AIDAPTMetrics, AIDAPTWriter, GANMonitor
 from callbacks.base import PhysicsMetric
 from callbacks.calo import CaloGANWriter, CaloMetrics
+from callbacks.calochallenge import CaloChallengeMetrics
 from callbacks.paths import PathMetrics, PathWriter
 from callbacks.reproducibility import RNGStateCheckpoint
 
 __all__ = [
     "AIDAPTMetrics",
     "AIDAPTWriter",
+    "CaloChallengeMetrics",
     "CaloGANWriter",
     "CaloMetrics",
     "GANMonitor",

@@ -2,10 +2,11 @@
 
 from datamodules.aidapt import AIDAPTDataModule
 from datamodules.base import HepDataModule
+from datamodules.calochallenge import CaloChallengeDataModule
 from datamodules.calogan import CaloGANDataModule
 from datamodules.timeseries import CSVSeriesDataModule, OUDataModule, TrajectoryDataModule
 
 __all__ = [
-    "AIDAPTDataModule", "CSVSeriesDataModule", "CaloGANDataModule", "HepDataModule", "OUDataModule",
-    "TrajectoryDataModule",
+    "AIDAPTDataModule", "CSVSeriesDataModule", "CaloChallengeDataModule", "CaloGANDataModule", "HepDataModule",
+    "OUDataModule", "TrajectoryDataModule",
 ]  # fmt: skip

@@ -44,14 +44,23 @@ removes about a quarter of the cells hit by a single far-field deposit.
 
 Reproducibility: showers are made in chunks of 2000 events, chunk i with its own generator
 ``SeedSequence(seed, spawn_key=(i,))``, so a (seed, arguments) pair always gives the same arrays.
+
+One engine, two formats
+-----------------------
+The physics above is written against a :class:`Medium` (radiation and interaction lengths, Molière
+radius, critical energy, sampling and far-field parameters, and the map from X0 or λ_int to depth)
+and ends in :class:`Spots` plus a :class:`FarField`; a *readout* then bins them. The CaloGAN block is
+:data:`CALOGAN_MEDIUM` read out by :class:`CaloGANReadout`; :mod:`hepgen.synth.calochallenge` runs the
+same :func:`shower_spots` in the CaloChallenge materials and bins into their r-α voxels.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from scipy.special import gammainc
@@ -150,8 +159,10 @@ HADRON_SHAPE_SLOPE = 0.2
 HADRON_SCALE_LAMBDA = 0.6
 #: Hadronic lateral profile: core fraction and radii in λ_int (hadronic showers are ~λ wide).
 HADRON_CORE_FRACTION = 0.5
-HADRON_CORE_RADIUS = 0.10 * LAMBDA_INT_MM
-HADRON_HALO_RADIUS = 0.35 * LAMBDA_INT_MM
+HADRON_CORE_RADIUS_LAMBDA = 0.10
+HADRON_HALO_RADIUS_LAMBDA = 0.35
+HADRON_CORE_RADIUS = HADRON_CORE_RADIUS_LAMBDA * LAMBDA_INT_MM
+HADRON_HALO_RADIUS = HADRON_HALO_RADIUS_LAMBDA * LAMBDA_INT_MM
 #: Hadronic energy quantum, GeV: fewer, larger spots than EM (clumpy deposits).
 HADRON_QUANTUM_GEV = 0.030
 MAX_HADRON_SPOTS = 600
@@ -193,6 +204,102 @@ class FarField(NamedTuple):
     z_start: np.ndarray
 
 
+@dataclass(frozen=True)
+class Medium:
+    """The absorber as the shower Monte Carlo sees it: a homogeneous block ``depth_mm`` deep.
+
+    Depth z is in mm from the front face along the particle. EM profiles are drawn in X0 and
+    hadronic ones in λ_int; the ``advance_*`` methods turn those into z, so a layered stack
+    (:class:`hepgen.synth.calochallenge.StackMedium`) only overrides them. Lengths are Python
+    floats on purpose: numpy then keeps float32 spot arrays in float32 (the CaloGAN arrays are
+    bit-for-bit those of the code before this class existed).
+
+    Attributes:
+        depth_mm: thickness of the block, mm; deposits behind it escape.
+        x0_mm, lambda_mm: radiation and nuclear interaction lengths, mm.
+        moliere_mm: Molière radius, mm: the scale of the EM lateral profile.
+        critical_gev: critical energy E_c, GeV: t_max = ln(E/E_c) + C.
+        mip_mev_per_mm: minimum-ionising loss, MeV/mm (pions before their first interaction).
+        em_quantum_gev: q of the stochastic term, GeV: σ/E = √(q/E).
+        constant_term: relative per-event spread of the response.
+        far_per_gev, far_energy_mev, far_scale_mm: soft-photon far field, deposits per GeV of
+            shower, mean energy of one deposit (MeV), Cauchy scale (mm) along each axis.
+        max_em_spots: most energy quanta per EM shower.
+        spot_split: each quantum is laid down as this many points (same weight, own positions),
+            for readouts much finer than a quantum's energy would sample.
+        mip_segments: segments of the MIP track over the full depth.
+        mip_spread_mm: Gaussian transverse spread of the MIP track, mm (0: on the axis).
+    """
+
+    depth_mm: float
+    x0_mm: float
+    lambda_mm: float
+    moliere_mm: float
+    critical_gev: float
+    mip_mev_per_mm: float
+    em_quantum_gev: float
+    constant_term: float
+    far_per_gev: float
+    far_energy_mev: float
+    far_scale_mm: float
+    max_em_spots: int = 1000
+    spot_split: int = 1
+    mip_segments: int = 24
+    mip_spread_mm: float = 0.0
+
+    @property
+    def lateral_lambda_mm(self) -> float:
+        """λ_int that sets the hadronic lateral radii, mm."""
+        return self.lambda_mm
+
+    def advance_x0(self, z_mm: np.ndarray, t_x0: np.ndarray) -> np.ndarray:
+        """Depth (mm) reached t_x0 radiation lengths behind z_mm; both (S,)."""
+        return z_mm + self.x0_mm * t_x0
+
+    def advance_lambda(self, z_mm: np.ndarray, draws: np.ndarray, scale: float) -> np.ndarray:
+        """Depth (mm) reached scale·draws interaction lengths behind z_mm; both (S,)."""
+        return z_mm + self.lambda_mm * scale * draws
+
+    def x0_between(self, z_mm: np.ndarray, edges_mm: np.ndarray) -> np.ndarray:
+        """(n, K) radiation lengths from each z_mm (n,) to each edge (K,), 0 for edges in front."""
+        return np.maximum(np.asarray(edges_mm)[None, :] - z_mm[:, None], 0.0) / self.x0_mm
+
+    def interaction_depth(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """(n,) depths of the first inelastic interaction, mm: Exp(λ_int)."""
+        return rng.exponential(self.lambda_mm, n)
+
+    def mip_loss_mev(self, z_mm: np.ndarray) -> np.ndarray:
+        """Energy (MeV) a MIP loses over the first z_mm (n,)."""
+        return self.mip_mev_per_mm * z_mm
+
+    def mip_range_mm(self, energy_mev: np.ndarray) -> np.ndarray:
+        """(n,) depth at which a MIP has lost energy_mev (n,): where a slow pion stops, mm."""
+        return energy_mev / self.mip_mev_per_mm
+
+    def mip_track_segments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Centres (mm) and MIP energies (MeV) of the track segments over the full depth, each (M,)."""
+        step = self.depth_mm / self.mip_segments
+        return (np.arange(self.mip_segments) + 0.5) * step, np.full(self.mip_segments, self.mip_mev_per_mm * step)
+
+
+#: The CaloGAN Pb/LAr block (numbers and reasoning at the constants above).
+CALOGAN_MEDIUM = Medium(
+    depth_mm=DEPTH_MM,
+    x0_mm=X0_EFFECTIVE_MM,
+    lambda_mm=LAMBDA_INT_MM,
+    moliere_mm=MOLIERE_RADIUS_MM,
+    critical_gev=CRITICAL_ENERGY_GEV,
+    mip_mev_per_mm=MIP_DEDX_MEV_PER_MM,
+    em_quantum_gev=EM_QUANTUM_GEV,
+    constant_term=CONSTANT_TERM,
+    far_per_gev=FAR_PER_GEV,
+    far_energy_mev=FAR_ENERGY_MEV,
+    far_scale_mm=FAR_SCALE_MM,
+    max_em_spots=MAX_EM_SPOTS,
+    mip_segments=MIP_SEGMENTS,
+)
+
+
 def _concat(parts: Sequence[Spots]) -> Spots:
     """Join spot lists of the same chunk."""
     return Spots(*(np.concatenate(field) for field in zip(*parts)))
@@ -207,7 +314,7 @@ def _repeat_events(counts: np.ndarray) -> np.ndarray:
 
 
 def _quantised_energies(
-    rng: np.random.Generator, energy_gev: np.ndarray, quantum_gev: float, max_spots: int
+    rng: np.random.Generator, energy_gev: np.ndarray, quantum_gev: float, max_spots: int, split: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split each event's energy into spots with Poisson-like sampling fluctuations.
 
@@ -215,6 +322,10 @@ def _quantised_energies(
     with k_i = E_i/(q n_i): ≈ 1 (exponential weights) below the cap, > 1 above it. Then
     E[Σ] = E_i and Var[Σ] = n_i (E_i/n_i)²/k_i = q·E_i, the fluctuation of E_i/q independent
     quanta, while the number of spots stays bounded.
+
+    With ``split`` > 1 every quantum is then cut into that many equal spots: the variance
+    stays q·E (the pieces move together), but the shower is sampled at ``split`` times as many
+    points, as a fine readout sees the many small deposits of a sampling calorimeter.
 
     Args:
         energy_gev: (n,) energy to share out per event, GeV (0 gives no spots).
@@ -226,7 +337,10 @@ def _quantised_energies(
     per_spot_mev = (1000.0 * energy_gev / np.maximum(counts, 1)).astype(SPOT_DTYPE)
     k = (energy_gev / (quantum_gev * np.maximum(counts, 1))).astype(SPOT_DTYPE)[event]
     weight = rng.standard_gamma(k, dtype=SPOT_DTYPE) / k
-    return event, per_spot_mev[event] * weight
+    energy = per_spot_mev[event] * weight
+    if split == 1:
+        return event, energy
+    return np.repeat(event, split), np.repeat(energy / SPOT_DTYPE(split), split)
 
 
 def _lateral_radius(
@@ -252,9 +366,11 @@ def _transverse(rng: np.random.Generator, radius: np.ndarray) -> tuple[np.ndarra
 # ============================================================ electromagnetic showers
 
 
-def _shower_maximum(rng: np.random.Generator, energy_gev: np.ndarray, offset_x0: float) -> np.ndarray:
+def _shower_maximum(
+    rng: np.random.Generator, energy_gev: np.ndarray, offset_x0: float, critical_gev: float
+) -> np.ndarray:
     """Per-event depth of the shower maximum, X0: ln(E/E_c) + C + N(0, 0.7), kept ≥ 0.5. Shape (n,)."""
-    t_max = np.log(np.maximum(energy_gev, 1e-12) / CRITICAL_ENERGY_GEV) + offset_x0
+    t_max = np.log(np.maximum(energy_gev, 1e-12) / critical_gev) + offset_x0
     t_max = t_max + rng.normal(0.0, T_MAX_SPREAD_X0, len(energy_gev))
     return np.maximum(t_max, T_MAX_MIN_X0)
 
@@ -264,46 +380,50 @@ def _profile_depth(rng: np.random.Generator, t_max: np.ndarray) -> np.ndarray:
     return rng.standard_gamma(1 + PROFILE_SLOPE_B * t_max, dtype=SPOT_DTYPE) / SPOT_DTYPE(PROFILE_SLOPE_B)
 
 
-def _em_lateral(rng: np.random.Generator, tau: np.ndarray) -> np.ndarray:
-    """EM radii (mm) at relative depth τ = t/t_max (S,).
+def _em_lateral(rng: np.random.Generator, tau: np.ndarray, moliere_mm: float) -> np.ndarray:
+    """EM radii (mm) at relative depth τ = t/t_max (S,), in a medium of Molière radius ``moliere_mm``.
 
     The core (multiple scattering of the energetic electrons) and the halo (soft photons)
     both widen with depth, and the halo takes over past the maximum. These numbers put 90 % of
     the spot energy within 1.0-1.3 R_M (wider at low energy), 95 % within 1.6-2 R_M.
     """
-    r_core = SPOT_DTYPE(MOLIERE_RADIUS_MM) * (SPOT_DTYPE(0.05) + SPOT_DTYPE(0.10) * tau)
-    r_halo = SPOT_DTYPE(MOLIERE_RADIUS_MM) * (SPOT_DTYPE(0.50) + SPOT_DTYPE(0.20) * tau)
+    r_core = SPOT_DTYPE(moliere_mm) * (SPOT_DTYPE(0.05) + SPOT_DTYPE(0.10) * tau)
+    r_halo = SPOT_DTYPE(moliere_mm) * (SPOT_DTYPE(0.50) + SPOT_DTYPE(0.20) * tau)
     core_fraction = np.clip(SPOT_DTYPE(1.05) - SPOT_DTYPE(0.20) * tau, 0.2, 0.9)
     return _lateral_radius(rng, core_fraction, r_core, r_halo)
 
 
 def _em_shower(
-    rng: np.random.Generator, energy_gev: np.ndarray, offset_x0: float, z_start_mm: np.ndarray
+    rng: np.random.Generator, energy_gev: np.ndarray, offset_x0: float, z_start_mm: np.ndarray, medium: Medium
 ) -> tuple[Spots, FarField]:
     """EM showers of energies (n,) GeV starting at depths (n,) mm: quantised spots and far field."""
-    t_max = _shower_maximum(rng, energy_gev, offset_x0)
-    far = FarField(FAR_PER_GEV * energy_gev, 1.0 + PROFILE_SLOPE_B * t_max, z_start_mm)
-    main_gev = energy_gev * (1.0 - FAR_PER_GEV * FAR_ENERGY_MEV / 1000.0)
-    event, energy = _quantised_energies(rng, main_gev, EM_QUANTUM_GEV, MAX_EM_SPOTS)
+    t_max = _shower_maximum(rng, energy_gev, offset_x0, medium.critical_gev)
+    far = FarField(medium.far_per_gev * energy_gev, 1.0 + PROFILE_SLOPE_B * t_max, z_start_mm)
+    main_gev = energy_gev * (1.0 - medium.far_per_gev * medium.far_energy_mev / 1000.0)
+    event, energy = _quantised_energies(rng, main_gev, medium.em_quantum_gev, medium.max_em_spots, medium.spot_split)
     spot_t_max = t_max.astype(SPOT_DTYPE)[event]
     depth_x0 = _profile_depth(rng, spot_t_max)
-    x, y = _transverse(rng, _em_lateral(rng, depth_x0 / spot_t_max))
-    return Spots(event, x, y, z_start_mm[event] + X0_EFFECTIVE_MM * depth_x0, energy), far
+    x, y = _transverse(rng, _em_lateral(rng, depth_x0 / spot_t_max, medium.moliere_mm))
+    return Spots(event, x, y, medium.advance_x0(z_start_mm[event], depth_x0), energy), far
 
 
 # ============================================================ charged pions
 
 
-def _mip_track(rng: np.random.Generator, z_end_mm: np.ndarray) -> Spots:
-    """Minimum-ionising track on the axis up to depth z_end (n,) mm, in equal segments."""
+def _mip_track(rng: np.random.Generator, z_end_mm: np.ndarray, medium: Medium) -> Spots:
+    """Minimum-ionising track up to depth z_end (n,) mm, in the medium's segments: on the axis,
+    or spread by N(0, mip_spread_mm) per axis where the medium sets a spread."""
     n = len(z_end_mm)
-    step = DEPTH_MM / MIP_SEGMENTS
-    z = np.tile((np.arange(MIP_SEGMENTS) + 0.5) * step, n)
-    event = _repeat_events(np.full(n, MIP_SEGMENTS))
+    centres, segment_mev = medium.mip_track_segments()
+    z = np.tile(centres, n)
+    event = _repeat_events(np.full(n, len(centres)))
     keep = z < z_end_mm[event]
     weight = rng.standard_gamma(MIP_WEIGHT_SHAPE, keep.sum()) / MIP_WEIGHT_SHAPE
-    zeros = np.zeros(keep.sum())
-    return Spots(event[keep], zeros, zeros, z[keep], MIP_DEDX_MEV_PER_MM * step * weight)
+    if medium.mip_spread_mm > 0:
+        x, y = rng.normal(0.0, medium.mip_spread_mm, (2, keep.sum()))
+    else:
+        x = y = np.zeros(keep.sum())
+    return Spots(event[keep], x, y, z[keep], np.tile(segment_mev, n)[keep] * weight)
 
 
 def _em_fraction(rng: np.random.Generator, energy_gev: np.ndarray) -> np.ndarray:
@@ -314,7 +434,7 @@ def _em_fraction(rng: np.random.Generator, energy_gev: np.ndarray) -> np.ndarray
 
 
 def _hadronic_part(
-    rng: np.random.Generator, energy_gev: np.ndarray, visible_gev: np.ndarray, z_int_mm: np.ndarray
+    rng: np.random.Generator, energy_gev: np.ndarray, visible_gev: np.ndarray, z_int_mm: np.ndarray, medium: Medium
 ) -> Spots:
     """Non-EM cascade: depth after z_int from a Gamma in λ_int units, wide lateral profile.
 
@@ -322,23 +442,44 @@ def _hadronic_part(
     """
     event, energy = _quantised_energies(rng, visible_gev, HADRON_QUANTUM_GEV, MAX_HADRON_SPOTS)
     shape = HADRON_SHAPE_A0 + HADRON_SHAPE_SLOPE * np.log(np.maximum(energy_gev, 1.0))
-    depth = LAMBDA_INT_MM * HADRON_SCALE_LAMBDA * rng.standard_gamma(shape[event])
-    r_core = np.full(len(event), HADRON_CORE_RADIUS, dtype=SPOT_DTYPE)
-    radius = _lateral_radius(rng, HADRON_CORE_FRACTION, r_core, HADRON_HALO_RADIUS)
+    z = medium.advance_lambda(z_int_mm[event], rng.standard_gamma(shape[event]), HADRON_SCALE_LAMBDA)
+    r_core = np.full(len(event), HADRON_CORE_RADIUS_LAMBDA * medium.lateral_lambda_mm, dtype=SPOT_DTYPE)
+    radius = _lateral_radius(rng, HADRON_CORE_FRACTION, r_core, HADRON_HALO_RADIUS_LAMBDA * medium.lateral_lambda_mm)
     x, y = _transverse(rng, radius)
-    return Spots(event, x, y, z_int_mm[event] + depth, energy)
+    return Spots(event, x, y, z, energy)
 
 
-def _pion_shower(rng: np.random.Generator, energy_gev: np.ndarray) -> tuple[Spots, FarField]:
+def _pion_shower(rng: np.random.Generator, energy_gev: np.ndarray, medium: Medium) -> tuple[Spots, FarField]:
     """π+ showers of energies (n,) GeV: MIP track, then an EM (π⁰) and a hadronic part."""
-    z_int = rng.exponential(LAMBDA_INT_MM, len(energy_gev))
-    mip = _mip_track(rng, np.minimum(z_int, DEPTH_MM))
-    left_gev = energy_gev - MIP_DEDX_MEV_PER_MM * z_int / 1000.0
-    left_gev = np.where(z_int < DEPTH_MM, np.maximum(left_gev, 0.0), 0.0)
+    z_int = medium.interaction_depth(rng, len(energy_gev))
+    # a pion that has lost all its energy by ionisation stops before it can interact (only below
+    # 0.27 GeV in the CaloGAN block, but a 4 GeV pion can range out in the 2 m of ds1)
+    z_stop = medium.mip_range_mm(1000.0 * energy_gev)
+    mip = _mip_track(rng, np.minimum(np.minimum(z_int, z_stop), medium.depth_mm), medium)
+    left_gev = energy_gev - medium.mip_loss_mev(z_int) / 1000.0
+    left_gev = np.where((z_int < medium.depth_mm) & (z_int < z_stop), np.maximum(left_gev, 0.0), 0.0)
     f_em = _em_fraction(rng, energy_gev)
-    em, far = _em_shower(rng, f_em * left_gev, T_MAX_OFFSET_X0["gamma"], z_int)
-    hadronic = _hadronic_part(rng, energy_gev, HADRON_VISIBLE * (1.0 - f_em) * left_gev, z_int)
+    em, far = _em_shower(rng, f_em * left_gev, T_MAX_OFFSET_X0["gamma"], z_int, medium)
+    hadronic = _hadronic_part(rng, energy_gev, HADRON_VISIBLE * (1.0 - f_em) * left_gev, z_int, medium)
     return _concat([mip, em, hadronic]), far
+
+
+def shower_spots(
+    rng: np.random.Generator, energy_gev: np.ndarray, particle: str, medium: Medium = CALOGAN_MEDIUM
+) -> tuple[Spots, FarField]:
+    """The shower Monte Carlo shared by every readout: point deposits and far field of n showers.
+
+    Args:
+        energy_gev: (n,) incident energies, GeV.
+        particle: ``"eplus"`` (any e±), ``"gamma"`` or ``"piplus"``.
+        medium: the absorber; depths in the returned spots are mm from its front face.
+    Returns:
+        :class:`Spots` (S,) relative to the impact point, and the per-event :class:`FarField`.
+    """
+    if particle == "piplus":
+        return _pion_shower(rng, energy_gev, medium)
+    deposited = (1.0 - ALBEDO_FRACTION) * energy_gev
+    return _em_shower(rng, deposited, T_MAX_OFFSET_X0[particle], np.zeros(len(energy_gev)), medium)
 
 
 # ============================================================ binning
@@ -389,15 +530,15 @@ def _bin_spots(spots: Spots, impact: np.ndarray, n_events: int) -> np.ndarray:
     return binned.reshape(n_events, N_BINS + 1)[:, :N_BINS]
 
 
-def _axis_probabilities(centre_mm: np.ndarray, n_cells: int) -> np.ndarray:
+def _axis_probabilities(centre_mm: np.ndarray, n_cells: int, scale_mm: float) -> np.ndarray:
     """Probability of each of n_cells equal readout bins along one axis for a Cauchy
-    (scale FAR_SCALE_MM) centred at centre_mm (n,): CDF(u) = 1/2 + arctan(u/s)/π. Shape (n, n_cells)."""
+    (scale s = scale_mm) centred at centre_mm (n,): CDF(u) = 1/2 + arctan(u/s)/π. Shape (n, n_cells)."""
     edges = np.linspace(-HALF_READOUT_MM, HALF_READOUT_MM, n_cells + 1)
-    cdf = 0.5 + np.arctan((edges[None, :] - centre_mm[:, None]) / FAR_SCALE_MM) / np.pi
+    cdf = 0.5 + np.arctan((edges[None, :] - centre_mm[:, None]) / scale_mm) / np.pi
     return np.diff(cdf, axis=1)
 
 
-def _far_field(rng: np.random.Generator, far: FarField, impact: np.ndarray) -> np.ndarray:
+def _far_field(rng: np.random.Generator, far: FarField, impact: np.ndarray, medium: Medium) -> np.ndarray:
     """Soft-photon far field binned like :func:`_bin_spots`: (n, 507) MeV.
 
     The far field is a Poisson process of many tiny deposits, so rather than placing each one
@@ -407,23 +548,29 @@ def _far_field(rng: np.random.Generator, far: FarField, impact: np.ndarray) -> n
     incomplete gamma function) × (cell probability of a separable Cauchy lateral profile);
     the lateral mass outside the readout goes to the overflow, the depth beyond the block is lost.
     """
-    depth_x0 = np.maximum(LAYER_EDGES_MM[None, :] - far.z_start[:, None], 0.0) / X0_EFFECTIVE_MM
+    depth_x0 = medium.x0_between(far.z_start, LAYER_EDGES_MM)
     layer_fraction = np.diff(gammainc(far.profile_a[:, None], FAR_SLOPE_B * depth_x0), axis=1)
     mean = np.empty((len(far.profile_a), N_BINS))
     start = 0
     for layer, key in enumerate(LAYER_KEYS):
         rows, cols = LAYER_SHAPES[key]
-        p_rows = _axis_probabilities(impact[:, 0], rows)
-        p_cols = _axis_probabilities(impact[:, 1], cols)
+        p_rows = _axis_probabilities(impact[:, 0], rows, medium.far_scale_mm)
+        p_cols = _axis_probabilities(impact[:, 1], cols, medium.far_scale_mm)
         in_layer = far.mean_count * layer_fraction[:, layer]
         p_cells = (p_rows[:, :, None] * p_cols[:, None, :]).reshape(-1, rows * cols)
         mean[:, start : start + rows * cols] = in_layer[:, None] * p_cells
         mean[:, N_CELLS_TOTAL + layer] = in_layer * (1.0 - p_rows.sum(1) * p_cols.sum(1))
         start += rows * cols
+    return far_deposits(rng, mean, medium.far_energy_mev)
+
+
+def far_deposits(rng: np.random.Generator, mean: np.ndarray, energy_mev: float) -> np.ndarray:
+    """Far-field energy per bin, MeV, for expected deposit counts ``mean`` (any shape): k ~ Poisson,
+    energy Gamma(k, energy_mev), a sum of k exponential deposits. Same shape as ``mean``."""
     counts = rng.poisson(mean)
     energy = np.zeros(counts.shape)
     hit = counts > 0
-    energy[hit] = FAR_ENERGY_MEV * rng.standard_gamma(counts[hit])
+    energy[hit] = energy_mev * rng.standard_gamma(counts[hit])
     return energy
 
 
@@ -440,21 +587,60 @@ def _split_layers(rows: np.ndarray, energy_gev: np.ndarray) -> dict[str, np.ndar
     return out
 
 
+# ============================================================ readouts
+
+
+class Readout(Protocol):
+    """The geometry step after the shower MC: where the particle enters, and the bins of its deposits."""
+
+    def impact_points(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """(n, 2) entry points, mm, in the readout's transverse frame."""
+
+    def bin_spots(self, spots: Spots, impact: np.ndarray, n_events: int) -> np.ndarray:
+        """(n_events, n_bins) summed spot energies, MeV."""
+
+    def far_field(self, rng: np.random.Generator, far: FarField, impact: np.ndarray, medium: Medium) -> np.ndarray:
+        """(n, n_bins) far-field energies, MeV."""
+
+
+class CaloGANReadout:
+    """The CaloGAN cells: 504 cells, then the three per-layer overflows (:func:`_bin_spots`)."""
+
+    n_bins = N_BINS
+
+    def impact_points(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.normal(0.0, IMPACT_SIGMA_MM, (n, 2))
+
+    def bin_spots(self, spots: Spots, impact: np.ndarray, n_events: int) -> np.ndarray:
+        return _bin_spots(spots, impact, n_events)
+
+    def far_field(self, rng: np.random.Generator, far: FarField, impact: np.ndarray, medium: Medium) -> np.ndarray:
+        return _far_field(rng, far, impact, medium)
+
+
+def simulate_rows(
+    rng: np.random.Generator, energy_gev: np.ndarray, particle: str, medium: Medium, readout: Readout
+) -> np.ndarray:
+    """Showers of incident energies (n,) GeV binned by ``readout``: (n, n_bins) MeV, before any threshold.
+
+    The draws come in a fixed order (entry points, response scale, spots, far field), so a
+    readout changes the bins but not the physics.
+    """
+    n = len(energy_gev)
+    impact = readout.impact_points(rng, n)
+    scale = rng.normal(1.0, medium.constant_term, n)
+    spots, far = shower_spots(rng, energy_gev, particle, medium)
+    rows = readout.bin_spots(spots, impact, n) + readout.far_field(rng, far, impact, medium)
+    return scale[:, None] * rows
+
+
 # ============================================================ events
 
 
 def _simulate_chunk(rng: np.random.Generator, energy_gev: np.ndarray, particle: str) -> dict[str, np.ndarray]:
     """Showers for incident energies (n,) GeV of one particle species, as the CaloGAN dict."""
-    n = len(energy_gev)
-    impact = rng.normal(0.0, IMPACT_SIGMA_MM, (n, 2))
-    scale = rng.normal(1.0, CONSTANT_TERM, n)
-    if particle == "piplus":
-        spots, far = _pion_shower(rng, energy_gev)
-    else:
-        deposited = (1.0 - ALBEDO_FRACTION) * energy_gev
-        spots, far = _em_shower(rng, deposited, T_MAX_OFFSET_X0[particle], np.zeros(n))
-    rows = _bin_spots(spots, impact, n) + _far_field(rng, far, impact)
-    return _split_layers(scale[:, None] * rows, energy_gev)
+    rows = simulate_rows(rng, energy_gev, particle, CALOGAN_MEDIUM, CaloGANReadout())
+    return _split_layers(rows, energy_gev)
 
 
 def _check_particle(particle: str, name: str) -> None:

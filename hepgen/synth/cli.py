@@ -23,6 +23,20 @@ def _make_calogan(out, events, seed, particles, progress=True):
     return make_calogan(out, events=events, seed=seed, particles=particles, progress=progress)
 
 
+def _make_calochallenge(out, events, seed, datasets, progress=True):
+    from pathlib import Path
+
+    from hepgen.synth.calochallenge import file_name, make_calochallenge
+
+    if len(set(datasets)) != len(datasets):
+        raise ValueError(f"--datasets: need distinct datasets, got {datasets}.")
+    paths = [Path(out) / file_name(d) for d in datasets]
+    for path in paths:  # fail before making any; make_calochallenge checks again
+        if path.exists():
+            raise FileExistsError(f"{path} exists; hepgen never overwrites a data file. Remove it or choose another path.")
+    return [make_calochallenge(p, d, events=events, seed=seed, progress=progress) for p, d in zip(paths, datasets)]
+
+
 def _make_aidapt(out, events, seed, samples, files, progress=True):
     from hepgen.synth.aidapt import make_aidapt
 
@@ -47,6 +61,13 @@ MADE_DATASETS: dict[str, MadeDataset] = {
         "energy in GeV, overflow), e+ / gamma / pi+ in the CaloGAN Pb/LAr geometry.",
         _make_calogan,
         {"--particles": {"nargs": "+", "default": ["eplus"], "choices": ["eplus", "gamma", "piplus"]}},
+    ),
+    "calochallenge": MadeDataset(
+        "Calorimeter showers in the CaloChallenge 2022 HDF5 format (dataset_<d>_1.hdf5: incident_energies (N,1) "
+        "and showers (N, voxels), MeV), from the CaloGAN shower Monte Carlo in the ATLAS barrel (ds1: photons, "
+        "pions; 15 energies 2^8-2^22 MeV) or the W/Si stack (ds2, ds3: electrons, log-uniform 1 GeV-1 TeV).",
+        _make_calochallenge,
+        {"--datasets": {"nargs": "+", "default": ["1-photons"], "choices": ["1-photons", "1-pions", "2", "3"]}},
     ),
     "aidapt": MadeDataset(
         "gamma p -> pi+ pi- p events (CLAS g11, E_gamma 3.0-3.8 GeV) in the A(i)DAPT 16-column .npy layout, "
@@ -87,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in MADE_DATASETS.items():
         sub = kinds.add_parser(name, help=spec.description, description=spec.description)
         sub.add_argument("--out", required=True, help="folder to write into (existing files are never overwritten)")
-        sub.add_argument("--events", type=int, default=spec.events, help="events to make: per file (calogan), generated per sample before acceptance (aidapt), rows (csv_series), trajectories (geolife); default %(default)s")
+        sub.add_argument("--events", type=int, default=spec.events, help="events to make: per file (calogan, calochallenge), generated per sample before acceptance (aidapt), rows (csv_series), trajectories (geolife); default %(default)s")
         sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         for flag, kwargs in spec.options.items():
             sub.add_argument(flag, **kwargs)
