@@ -3,7 +3,7 @@
 from callbacks.aidapt import AIDAPTMetrics, AIDAPTWriter, GANMonitor
 from callbacks.base import PhysicsMetric
 from callbacks.calo import CaloGANWriter, CaloMetrics
-from callbacks.calochallenge import CaloChallengeMetrics
+from callbacks.calochallenge import CaloChallengeMetrics, CaloChallengeWriter
 from callbacks.paths import PathMetrics, PathWriter
 from callbacks.reproducibility import RNGStateCheckpoint
 
@@ -11,6 +11,7 @@ __all__ = [
     "AIDAPTMetrics",
     "AIDAPTWriter",
     "CaloChallengeMetrics",
+    "CaloChallengeWriter",
     "CaloGANWriter",
     "CaloMetrics",
     "GANMonitor",

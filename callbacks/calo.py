@@ -37,8 +37,8 @@ class CaloMetrics(PhysicsMetric):
     For every observable of :mod:`hepgen.physics.calo_observables` it logs the KS distance
     (``ks/<name>``) and the CaloChallenge separation power (``sep/<name>``); per layer the
     occupancy of reference and model and their difference in percentage points
-    (``sparsity_<l>_ref``, ``sparsity_<l>_gen``, ``sparsity_<l>_diff_pp``); the mean response.
-    In ``test`` it also trains a real-vs-generated classifier on the voxels and logs its AUC on a
+    (``sparsity_<l>_ref``, ``sparsity_<l>_gen``, ``sparsity_<l>_diff_pp``); the mean response;
+    ``nonfinite_fraction``, the generated showers with a NaN or inf cell. In ``test`` it also trains a real-vs-generated classifier on the voxels and logs its AUC on a
     held-out split (``classifier_auc``; 0.5 means indistinguishable).
 
     Plots: overlaid histograms of all observables, mean shower images per layer, response vs
@@ -69,6 +69,9 @@ class CaloMetrics(PhysicsMetric):
             values[f"sparsity_{layer}_ref"] = occ_ref
             values[f"sparsity_{layer}_gen"] = occ_gen
             values[f"sparsity_{layer}_diff_pp"] = 100.0 * (occ_gen - occ_ref)
+        # showers with a NaN or inf cell: a numerically broken generator, never physics
+        cells = np.concatenate([np.asarray(generated[k]).reshape(len(generated[k]), -1) for k in LAYER_KEYS], axis=1)
+        values["nonfinite_fraction"] = float((~np.isfinite(cells).all(axis=1)).mean())
         values["response_ref"] = ref["response"].mean()
         values["response_gen"] = gen["response"].mean()
         if stage == "test":

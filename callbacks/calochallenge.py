@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from callbacks.base import PhysicsMetric
-from hepgen.io.calochallenge import apply_threshold
+from callbacks.base import PhysicsMetric, gather_predictions
+from hepgen.io.calochallenge import apply_threshold, write_calochallenge
 from hepgen.metrics.calo_classifier import challenge_split, classifier_test, low_level_inputs
 from hepgen.metrics.distributions import binned_separation_power
 from hepgen.metrics.frechet import frechet_physics_distance, kernel_physics_distance
 from hepgen.physics.calochallenge import VOXELS, CaloChallengeBinning, load_binning
+from hepgen.run import next_free_path
 from hepgen.physics.calochallenge_features import (
     LAYER_GROUPS,
     discrete_energy_bins,
@@ -466,3 +469,33 @@ def metric_table(values: dict[str, float], name: str = "hepgen", header: bool = 
     ]
     row = "| " + " | ".join(cells) + " |"
     return f"{METRIC_TABLE_HEADER}\n{row}" if header else row
+
+
+class CaloChallengeWriter(BasePredictionWriter):
+    """Write ``predict`` output as a CaloChallenge file in ``<run dir>/predictions/``.
+
+    The file is ``dataset_<d>_generated.hdf5`` (``.1.hdf5``, ... if it exists: nothing is
+    overwritten) with ``incident_energies`` (N, 1) and ``showers`` (N, voxels) in MeV, the voxels
+    in the file order of the datamodule's binning: the challenge's ``evaluate.py`` reads it, and
+    so does ``CaloChallengeDataModule(data_dir=<run dir>/predictions, file_name=...)``.
+
+    Args:
+        filename: the file name instead of ``dataset_<d>_generated.hdf5``.
+    """
+
+    def __init__(self, filename: str | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        local = gather_predictions(trainer, predictions, predictions[0].keys())
+        if local is None:
+            return
+        binning = trainer.datamodule.binning
+        keys = [f"layer_{layer.layer_id}" for layer in binning.layers]
+        showers = np.concatenate([local[k].reshape(len(local[k]), -1) for k in keys], axis=1)
+        filename = self.filename or f"dataset_{binning.dataset.replace('-', '_')}_generated.hdf5"
+        path = next_free_path(Path(trainer.default_root_dir) / "predictions" / filename)
+        incident_mev = 1000.0 * np.asarray(local["energy"], dtype=np.float64).reshape(-1, 1)
+        write_calochallenge(path, incident_mev, showers, binning, attrs={"hepgen_generated_by": type(pl_module).__name__})
+        print(f"hepgen: wrote {len(showers)} generated showers to {path}")

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from datamodules.base import ArrayDictDataset, HepDataModule, _already_batched
 from hepgen.io import DataFileError
 from hepgen.io.calogan import DOWNLOAD_HINT, KEY_SHAPES, read_calogan
-from hepgen.physics.calo_geometry import PARTICLES
+from hepgen.physics.calo_geometry import LAYER_SHAPES, PARTICLES
 
 
 class CaloGANDataModule(HepDataModule):
@@ -67,6 +67,11 @@ class CaloGANDataModule(HepDataModule):
         """How many particle species the batches label (``particle`` < num_particles); the CLI
         links it to the model's ``num_particles``."""
         return len(self.particles)
+
+    @property
+    def layer_shapes(self) -> dict[str, tuple[int, int]]:
+        """``{batch key: cell-array shape}`` of the readout layers; the CLI links it to the model's."""
+        return dict(LAYER_SHAPES)
 
     def required_files(self) -> list[Path]:
         return [self.data_dir / f"{p}.hdf5" for p in self.particles]

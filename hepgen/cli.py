@@ -180,6 +180,7 @@ class HepgenCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.num_particles", compute_fn=_num_particles, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.data_size", compute_fn=_series_channels, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.t_size", compute_fn=_series_length, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.layer_shapes", compute_fn=_layer_shapes, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:
@@ -275,6 +276,12 @@ def _series_length(data) -> int | None:
     return getattr(data, "t_size", None)
 
 
+def _layer_shapes(data) -> dict[str, list[int]] | None:
+    """``{key: cell-array shape}`` of a calorimeter datamodule's layers (``None`` for other data)."""
+    shapes = getattr(data, "layer_shapes", None)
+    return None if shapes is None else {k: list(v) for k, v in shapes.items()}
+
+
 def _chooses_run_dir() -> bool:
     """True in the process that chose the run directory (not in ranks that were handed it)."""
     return launch_rank() == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
@@ -307,7 +314,13 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["data"]:
         from hepgen.synth.cli import main as data_main
 
-        return data_main(argv[1:])
+        try:
+            return data_main(argv[1:])
+        except (HepgenError, FileExistsError, ValueError) as error:  # a refused file, a bad option value
+            if debug_requested():
+                raise
+            print(f"hepgen: error: {error}", file=sys.stderr)
+            sys.exit(2)
     argv = _with_logger_placeholders(argv)
     if args is None:
         sys.argv[1:] = argv  # LightningCLI warns when given args besides a command line

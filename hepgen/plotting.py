@@ -161,11 +161,18 @@ def histogram_overlays(
 
 
 def _mean_image(showers: dict[str, np.ndarray], key: str) -> np.ndarray:
-    """Mean cell energy over events, (rows, cols), MeV."""
+    """Mean cell energy over the events whose cells are all finite, (rows, cols), MeV.
+
+    A model that generates a NaN or inf somewhere (the metrics report how often) must not take
+    the picture of all its other showers with it.
+    """
     layer = np.asarray(showers[key])
     if layer.shape[1:] != LAYER_SHAPES[key]:
         raise ValueError(f"{key} has shape {layer.shape}; expected (N, *{LAYER_SHAPES[key]})")
-    return layer.mean(axis=0, dtype=np.float64)
+    finite = np.isfinite(layer).all(axis=(1, 2))
+    if not finite.any():
+        return np.zeros(layer.shape[1:])
+    return layer[finite].mean(axis=0, dtype=np.float64)
 
 
 def _log_norm(images: Sequence[np.ndarray], dynamic_range: float = 1e6) -> LogNorm:

@@ -343,3 +343,18 @@ def test_a_datamodule_error_while_instantiating_is_one_line(tmp_path, capsys, mo
         + CSVSeriesDataModule.download_hint
     ], err
     assert not (tmp_path / "runs").exists()
+
+
+def test_data_make_refuses_an_existing_file_in_one_line(tmp_path, capsys, monkeypatch):
+    from hepgen.cli import main
+
+    monkeypatch.delenv("HEPGEN_DEBUG", raising=False)
+    args = ["data", "make", "calochallenge", "--out", str(tmp_path), "--events", "5"]
+    main(args)
+    made = (tmp_path / "dataset_1_photons_1.hdf5").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hepgen: error:") and "dataset_1_photons_1.hdf5 exists" in err and "\n" not in err
+    assert (tmp_path / "dataset_1_photons_1.hdf5").read_bytes() == made

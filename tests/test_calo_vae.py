@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader
 
 from datamodules import CaloGANDataModule
+from datamodules.base import ArrayDictDataset, _already_batched
 from hepgen.cli import main
 from hepgen.models import CaloVAE
 from hepgen.models.kl_schedule import kl_weight
-from hepgen.nn.shower import ShowerRepresentation
+from hepgen.nn.shower import ShowerRepresentation, sample_sharing
 from hepgen.physics.calo_geometry import LAYER_KEYS
 from hepgen.physics.calo_observables import compute_observables
 from hepgen.synth.calogan import simulate_showers
@@ -138,8 +140,9 @@ def test_evaluation_samples_draw_as_generate_and_keep_the_reference(tmp_path):
     model, showers = _fitted_tiny_vae()
     batch = {k: showers[k][:50] for k in (*LAYER_KEYS, "energy")}
     samples = model.evaluation_samples(batch, torch.Generator().manual_seed(3))
-    assert list(samples) == [*LAYER_KEYS, "energy"]
-    shapes = {"layer_0": (50, 3, 96), "layer_1": (50, 12, 12), "layer_2": (50, 12, 6), "energy": (50, 1)}
+    assert list(samples) == [*LAYER_KEYS, "energy", "showers", "incident_energies"]
+    shapes = {"layer_0": (50, 3, 96), "layer_1": (50, 12, 12), "layer_2": (50, 12, 6), "energy": (50, 1),
+              "showers": (50, 504), "incident_energies": (50, 1)}  # fmt: skip
     assert {k: (r.shape, g.shape) for k, (r, g) in samples.items()} == {k: (s, s) for k, s in shapes.items()}
     generated = model.generate(batch["energy"], generator=torch.Generator().manual_seed(3))
     other = model.evaluation_samples(batch, torch.Generator().manual_seed(4))
@@ -148,6 +151,12 @@ def test_evaluation_samples_draw_as_generate_and_keep_the_reference(tmp_path):
         assert torch.equal(samples[key][1], generated[key])  # the same random draws as generate()
     assert not torch.equal(samples["layer_0"][1], other["layer_0"][1])
     assert torch.equal(samples["energy"][0], batch["energy"]) and torch.equal(samples["energy"][1], batch["energy"])
+    # the flat view: layers in order, cells row-major, incident energy in MeV (the CaloChallenge inputs)
+    for side in (0, 1):
+        flat = samples["showers"][side]
+        assert torch.equal(flat[:, 288 + 12 * 5 + 7], samples["layer_1"][side][:, 5, 7])
+        assert torch.equal(flat[:, 504 - 1], samples["layer_2"][side][:, 11, 5])
+        assert torch.allclose(samples["incident_energies"][side], 1000.0 * batch["energy"])
 
 
 def test_validation_noise_is_seeded_by_the_global_batch_index():
@@ -183,3 +192,105 @@ def test_statistics_are_fitted_through_training_sample(calogan_dir):
     expected = ShowerRepresentation([model.representation.layer_cells[i] for i in range(3)])
     expected.fit([dm._train[k].flatten(1) for k in LAYER_KEYS], dm._train["energy"])
     assert torch.equal(model.representation.y_mean, expected.y_mean)
+
+
+# --- fluctuating sharing and the learned latent density -------------------------------------------
+def _sliced_w1(a: torch.Tensor, b: torch.Tensor, projections: int = 64) -> float:
+    """Mean 1-D Wasserstein-1 distance of two equal-size samples (N, D) over random unit directions."""
+    directions = torch.nn.functional.normalize(torch.randn(a.shape[1], projections, generator=torch.Generator().manual_seed(0)), dim=0)
+    pa, pb = (a @ directions).sort(0).values, (b @ directions).sort(0).values
+    return float((pa - pb).abs().mean())
+
+
+def test_lognormal_sharing_fluctuates_around_the_shape_and_keeps_the_layer_energy():
+    """Two showers from one latent code differ cell by cell (a softmax sharing repeats one shape),
+    and each layer still holds exactly its sampled energy."""
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16, sharing="lognormal")
+    showers = simulate_showers(300, seed=4)
+    model.representation.fit([torch.from_numpy(showers[k]).flatten(1) for k in LAYER_KEYS],
+                             torch.from_numpy(showers["energy"]))  # fmt: skip
+    cond = torch.zeros(2, 1)
+    z = torch.zeros(2, 4)
+    _, _, hit_logits, params = model.decoder(z, cond)
+    hits = torch.ones_like(hit_logits[1], dtype=torch.bool)
+    shares = sample_sharing(params[1], hits, 2, torch.Generator().manual_seed(0))
+    assert torch.allclose(shares.sum(1), torch.ones(2))
+    assert (shares[0] - shares[1]).abs().max() > 1e-3  # same z, different showers
+    softmax = sample_sharing(params[1][:, :144], hits, 1, torch.Generator().manual_seed(0))
+    assert torch.equal(softmax[0], softmax[1])
+
+
+def test_flow_latent_density_matches_the_codes_better_than_the_prior():
+    """With a small KL weight the encoder's codes are far from N(0, I); the flow fitted to them
+    during training draws codes closer to them (sliced W1) than the prior does."""
+    torch.manual_seed(0)
+    showers = {k: torch.from_numpy(v) for k, v in simulate_showers(1000, seed=6).items()}
+    model = CaloVAE(latent_dim=4, hidden=64, branch=32, sharing="lognormal", latent_density="flow",
+                    kl_schedule="constant", kl_beta_max=0.01, flow_hidden=32)  # fmt: skip
+    model.representation.fit([showers[k].flatten(1) for k in LAYER_KEYS], showers["energy"])
+    loader = DataLoader(ArrayDictDataset(showers), batch_size=100, shuffle=True, collate_fn=_already_batched)
+    Trainer(max_epochs=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False).fit(model, loader)  # fmt: skip
+    model.eval()
+    with torch.no_grad():
+        cells = [showers[k].flatten(1) for k in LAYER_KEYS]
+        energies = model.representation.encode_energies(cells, showers["energy"])
+        shapes = [ShowerRepresentation.shape_features(ShowerRepresentation.sharing_fractions(x)) for x in cells]
+        cond = model._condition(showers)
+        mean, log_var = model.encoder(shapes, energies, cond)
+        codes = mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))
+        from_flow = model.latent_flow.sample(cond, torch.Generator().manual_seed(2))
+        from_prior = torch.randn(codes.shape, generator=torch.Generator().manual_seed(2))
+    d_flow, d_prior = _sliced_w1(codes, from_flow), _sliced_w1(codes, from_prior)
+    floor = _sliced_w1(codes[:500], codes[500:])
+    assert d_prior > 3 * floor  # the codes really are not N(0, I) here
+    assert d_flow < 0.5 * d_prior
+
+
+def test_flow_samples_are_clipped_to_the_codes_it_was_fitted_to():
+    """Outside its training codes a flow extrapolates; a rare base draw can land at |z| ~ 1e12 and
+    the decoder then returns NaN. Samples stay in the box of every code the flow saw."""
+    from hepgen.nn.flows import ConditionalCouplingFlow
+
+    torch.manual_seed(0)
+    flow = ConditionalCouplingFlow(4, 1, transforms=2, hidden=8)
+    with torch.no_grad():  # a badly extrapolating flow: large random weights
+        for p in flow.parameters():
+            p.normal_(0.0, 3.0)
+    context = torch.randn(5000, 1)
+    free = flow.sample(context, torch.Generator().manual_seed(1))
+    flow.widen_support(torch.full((4,), -1.0), torch.full((4,), 0.5))
+    flow.widen_support(torch.full((4,), -0.5), torch.full((4,), 2.0))  # the box only grows
+    clipped = flow.sample(context, torch.Generator().manual_seed(1))
+    assert (free.abs() > 2.0).any()  # without a box the draws do leave it
+    assert (clipped >= -1.0).all() and (clipped <= 2.0).all()
+    inside = ((free >= -1.0) & (free <= 2.0)).all(1)
+    assert torch.equal(clipped[inside], free[inside])  # draws inside the box are untouched
+
+
+def test_calochallenge_predict_writes_a_file_in_the_challenge_format(tmp_path):
+    """CaloVAE on CaloChallenge ds1 photons: its layers come from the datamodule's binning, and
+    ``predict`` writes a file that the challenge's layout reader accepts (voxel count, MeV,
+    energies of the dataset), at the energies the datamodule asks for."""
+    from datamodules import CaloChallengeDataModule
+    from hepgen.io.calochallenge import read_calochallenge
+    from hepgen.physics.calochallenge import load_binning
+    from tests.conftest import ROOT
+
+    config = ROOT / "experiments" / "calo_vae" / "calochallenge_ds1_photons.yaml"
+    common = ["--run.root", str(tmp_path / "runs"), "--run.version", "p", "--trainer.logger", "false"]
+    main(["fit", "-c", str(config), *common, "--data.init_args.data_dir", str(tmp_path / "data"),
+          "--data.init_args.made_events", "400", "--trainer.max_epochs", "1",
+          "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0",
+          "--model.init_args.hidden", "32", "--model.init_args.branch", "16"])  # fmt: skip
+    run = tmp_path / "runs" / "calo_vae" / "calochallenge_ds1_photons" / "p"
+    main(["predict", "-c", str(run / "config.yaml"), *common, "--ckpt_path", "last",
+          "--data.init_args.predict_events", "150"])  # fmt: skip
+    binning = load_binning("1-photons")
+    (written,) = (run / "predictions").glob("*.hdf5")
+    data = read_calochallenge(written, binning)
+    assert data["showers"].shape == (150, 368)
+    expected = CaloChallengeDataModule(dataset="1-photons", predict_events=150).predict_energies() * 1000.0
+    assert np.allclose(np.sort(data["incident_energies"].ravel()), np.sort(expected.ravel()), rtol=1e-6)
+    assert set(np.unique(data["incident_energies"])) <= set(binning.discrete_energies_mev)
+    assert np.isfinite(data["showers"]).all() and (data["showers"] >= 0).all()

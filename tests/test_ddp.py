@@ -142,6 +142,23 @@ def calo_single(calogan_dir, tmp_path_factory) -> dict:
     return load(only_run_dir(root, "tiny") / "probe" / "fit_rank0.pt")
 
 
+#: CaloVAE with the fluctuating sharing and the learnt latent density (its flow trains on the codes)
+CALO_FLOW = ["--model.init_args.sharing", "lognormal", "--model.init_args.latent_density", "flow",
+             "--model.init_args.flow_transforms", "2", "--model.init_args.flow_hidden", "16"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def calo_flow_runs(calogan_dir, tmp_path_factory) -> dict:
+    """CaloVAE with ``CALO_FLOW`` on 2 ranks x batch 32 and in 1 process x batch 64."""
+    runs = {}
+    for name, batch, launch in (("ddp", 32, ddp()), ("single", 64, single())):
+        root = tmp_path_factory.mktemp(f"calo_flow_{name}")
+        args = [*calo_fit_args(calogan_dir, root, batch), *CALO_FLOW, *launch]
+        hepgen(args, root) if name == "ddp" else hepgen_here(args, root)
+        runs[name] = [load(p) for p in sorted((only_run_dir(root, "tiny") / "probe").glob("fit_rank*.pt"))]
+    return runs
+
+
 @pytest.fixture(scope="module")
 def calo_validate(calo_ddp) -> dict:
     """``hepgen validate --ckpt_path last`` on 2 ranks, then on 1 process: metrics.json and the probes.
@@ -291,6 +308,19 @@ def test_calo_vae_two_ranks_reach_the_weights_of_one_process(calo_ddp, calo_sing
     initial = calo_single["initial_state_dict"]
     moved = max((one_weights[k] - initial[k]).abs().max().item() for k in initial if initial[k].is_floating_point())
     assert moved > 100 * WEIGHT_TOLERANCE
+
+
+def test_calo_vae_with_flow_prior_two_ranks_reach_the_weights_of_one_process(calo_flow_runs):
+    """The flow fitted to the codes and the log-normal sharing add no per-rank state: the ranks
+    stay identical and match one process with twice the batch, flow weights included."""
+    (rank0, rank1), (one,) = calo_flow_runs["ddp"], calo_flow_runs["single"]
+    assert all(torch.equal(v, rank1["state_dict"][k]) for k, v in rank0["state_dict"].items())
+    flow = [k for k in one["state_dict"] if k.startswith("latent_flow.") and one["state_dict"][k].is_floating_point()]
+    assert flow
+    worst = max((one["state_dict"][k] - v).abs().max().item() for k, v in rank0["state_dict"].items() if v.is_floating_point())
+    assert worst < WEIGHT_TOLERANCE
+    initial = one["initial_state_dict"]
+    assert max((one["state_dict"][k] - initial[k]).abs().max().item() for k in flow) > 100 * WEIGHT_TOLERANCE
 
 
 # --- 4. GAN noise differs between ranks -------------------------------------------------------------

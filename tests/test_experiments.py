@@ -29,6 +29,14 @@ def _data_overrides(config: Path, request) -> tuple[list[str], str]:
         folder = request.getfixturevalue("calogan_dir")
         args = ["--data.init_args.made_events", "600", "--data.init_args.predict_events", "64"]
         return ["--data.init_args.data_dir", str(folder), *args], "predictions/*.hdf5"
+    if data_class == "CaloChallengeDataModule":
+        folder = request.getfixturevalue("tmp_path_factory").mktemp("calochallenge")
+        args = ["--data.init_args.source", "made", "--data.init_args.made_events", "400",
+                "--data.init_args.predict_events", "64", "--trainer.callbacks.classifier_hidden", "16",
+                "--trainer.callbacks.classifier_epochs", "2", "--trainer.callbacks.classifier_repeats", "1",
+                "--trainer.callbacks.kpd_batch_size", "200", "--trainer.callbacks.fpd_min_samples", "100",
+                "--trainer.callbacks.fpd_max_samples", "200"]  # fmt: skip
+        return ["--data.init_args.data_dir", str(folder), *args], "predictions/*.hdf5"
     if data_class == "AIDAPTDataModule":
         folder = request.getfixturevalue("aidapt_dir")
         args = ["--data.init_args.data_dir", str(folder), "--data.init_args.made_events", str(AIDAPT_EVENTS)]

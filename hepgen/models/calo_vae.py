@@ -1,17 +1,28 @@
 """CaloVAE: a conditional VAE with KL annealing for fast calorimeter-shower simulation.
 
-The model learns p(shower | E_inc, particle) for the CaloGAN geometry (three readout layers).
-Its decoder generates, per layer, an energy (Gaussian in log(E_l / E_inc)), a set of hit cells
-(Bernoulli per cell) and the sharing of the layer energy among the hit cells (softmax), so that
-energy and sparsity are modelled explicitly (see :mod:`hepgen.nn.shower`). The loss per shower is
+The model learns p(shower | E_inc, particle) for a calorimeter read out in layers of cells: the
+CaloGAN geometry (three layers) by default, or any layers the datamodule names (``layer_shapes``;
+the CaloChallenge r-alpha binnings). Its decoder generates, per layer, an energy (Gaussian in
+log(E_l / E_inc)), a set of hit cells (Bernoulli per cell) and the sharing of the layer energy
+among the hit cells, so that energy and sparsity are modelled explicitly (see
+:mod:`hepgen.nn.shower`). The sharing is a softmax of the decoder's logits (``sharing: softmax``:
+each z gives one shape) or log-normal per cell (``lognormal``: the shape fluctuates around it
+from shower to shower, as real showers do). The loss per shower is
 
-    L = NLL_energy + BCE_hits + CE_sharing + beta(step) * sum_d max(KL_d, free_bits)
+    L = NLL_energy + BCE_hits + NLL_sharing + beta(step) * sum_d max(KL_d, free_bits)
 
 with ``beta`` from :func:`hepgen.models.kl_schedule.kl_weight`. ``val/neg_elbo`` is the same
 objective at beta = 1 without free bits; the best checkpoint is chosen by it.
+
+Generation draws z from N(0, I) (``latent_density: normal``) or from a conditional flow fitted,
+during training, to the encoder's codes (``flow``): with a small beta the aggregate posterior is
+far from N(0, I), and codes drawn from the prior would be showers the decoder never learnt.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -21,14 +32,23 @@ from torch import nn
 from datamodules.base import global_batch_index
 from hepgen.models.seeding import reseed_for_rank
 from hepgen.models.kl_schedule import KLScheduleName, kl_weight
-from hepgen.nn.shower import LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features
-from hepgen.physics.calo_geometry import LAYER_KEYS, LAYER_SHAPES, N_CELLS
+from hepgen.nn.flows import ConditionalCouplingFlow
+from hepgen.nn.shower import (
+    LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features, lognormal_sharing_nll,
+    sample_sharing,
+)  # fmt: skip
+from hepgen.physics.calo_geometry import LAYER_SHAPES
+
+SharingName = Literal["softmax", "lognormal"]
+LatentDensityName = Literal["normal", "flow"]
 
 
 class CaloVAE(LightningModule):
-    """Conditional VAE for CaloGAN showers.
+    """Conditional VAE for calorimeter showers read out in layers.
 
     Args:
+        layer_shapes: ``{batch key: cell-array shape}`` of the layers, in order (the datamodule's
+            ``layer_shapes``, linked by the CLI); the CaloGAN layers when unset.
         latent_dim: dimension of z.
         hidden: width of the encoder/decoder trunks.
         branch: width of the per-layer branches.
@@ -38,6 +58,9 @@ class CaloVAE(LightningModule):
         kl_beta_max: KL weight after warm-up (1 = the true ELBO).
         kl_cycles: number of cycles of the ``cyclical`` schedule.
         free_bits: KL floor per latent dimension in nats (0 = off); keeps codes from collapsing.
+        sharing: how a layer's energy is shared among its hit cells: ``softmax`` or ``lognormal``.
+        latent_density: what generation draws z from: ``normal`` (the prior) or ``flow``.
+        flow_transforms, flow_hidden: coupling layers and their width for ``latent_density: flow``.
         optimizer: optimizer factory (Adam, lr 1e-3 by default).
         lr_scheduler: optional scheduler factory, stepped once per epoch.
     """
@@ -56,22 +79,38 @@ class CaloVAE(LightningModule):
         kl_beta_max: float = 1.0,
         kl_cycles: int = 4,
         free_bits: float = 0.0,
+        sharing: SharingName = "softmax",
+        latent_density: LatentDensityName = "normal",
+        flow_transforms: int = 6,
+        flow_hidden: int = 64,
+        layer_shapes: dict[str, list[int]] | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
+        if sharing not in ("softmax", "lognormal"):
+            raise ValueError(f"sharing={sharing!r}: choose 'softmax' or 'lognormal'.")
+        if latent_density not in ("normal", "flow"):
+            raise ValueError(f"latent_density={latent_density!r}: choose 'normal' or 'flow'.")
         self.save_hyperparameters()
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        cells = [N_CELLS[k] for k in LAYER_KEYS]
+        shapes = layer_shapes or LAYER_SHAPES
+        self.layer_shapes = {k: tuple(v) for k, v in shapes.items()}
+        self.layer_keys = tuple(self.layer_shapes)
+        cells = [math.prod(shape) for shape in self.layer_shapes.values()]
         cond_dim = 1 + (num_particles if num_particles > 1 else 0)
+        self.share_params = 2 if sharing == "lognormal" else 1
         self.representation = ShowerRepresentation(cells)
         self.encoder = LayerwiseEncoder(cells, cond_dim, latent_dim, hidden, branch)
-        self.decoder = LayerwiseDecoder(cells, cond_dim, latent_dim, hidden, branch)
+        self.decoder = LayerwiseDecoder(cells, cond_dim, latent_dim, hidden, branch, self.share_params)
+        self.latent_flow = (
+            ConditionalCouplingFlow(latent_dim, cond_dim, flow_transforms, flow_hidden) if latent_density == "flow" else None
+        )
 
     # --- data in the model's representation ----------------------------------------------------
     def _cells(self, batch: dict) -> list[torch.Tensor]:
-        return [batch[k].flatten(1) for k in LAYER_KEYS]
+        return [batch[k].flatten(1) for k in self.layer_keys]
 
     def _condition(self, batch: dict) -> torch.Tensor:
         particle = batch.get("particle")
@@ -96,7 +135,7 @@ class CaloVAE(LightningModule):
         # Statistics are fitted once, on training data, and then live in the checkpoint.
         if bool(self.representation.fitted):
             return
-        cells = [data[k].flatten(1).to(self.device) for k in LAYER_KEYS]
+        cells = [data[k].flatten(1).to(self.device) for k in self.layer_keys]
         self.representation.fit(cells, data["energy"].to(self.device))
 
     def on_train_start(self) -> None:
@@ -113,31 +152,48 @@ class CaloVAE(LightningModule):
         mean, log_var = self.encoder(shapes, energies, cond)
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * log_var) * eps
-        e_mean, e_log_var, hit_logits, share_logits = self.decoder(z, cond)
+        e_mean, e_log_var, hit_logits, share_params = self.decoder(z, cond)
 
         nll_energy = 0.5 * (e_log_var + (energies - e_mean) ** 2 / e_log_var.exp()).sum(1)
         bce_hits = sum(
             nn.functional.binary_cross_entropy_with_logits(hl, (x > 0).to(hl.dtype), reduction="none").sum(1)
             for hl, x in zip(hit_logits, cells)
         )
-        # Sharing: a categorical over the cells that are really hit; empty layers contribute 0.
-        ce_sharing = sum(
-            -(s * torch.log_softmax(sl.masked_fill(x <= 0, -1e4), 1)).sum(1)
-            for sl, s, x in zip(share_logits, sharing, cells)
-        )
+        # Sharing among the cells that are really hit; empty layers contribute 0.
+        if self.share_params == 1:  # a categorical: the cross-entropy of the fractions
+            nll_sharing = sum(
+                -(s * torch.log_softmax(sl.masked_fill(x <= 0, -1e4), 1)).sum(1)
+                for sl, s, x in zip(share_params, sharing, cells)
+            )
+        else:
+            nll_sharing = sum(lognormal_sharing_nll(sp, s, x > 0) for sp, s, x in zip(share_params, sharing, cells))
         kl_per_dim = 0.5 * (mean**2 + log_var.exp() - 1.0 - log_var)  # (B, latent_dim)
         kl_floored = kl_per_dim.mean(0).clamp_min(self.hparams.free_bits).sum()
-        recon = (nll_energy + bce_hits + ce_sharing).mean()
+        recon = (nll_energy + bce_hits + nll_sharing).mean()
         kl = kl_per_dim.sum(1).mean()
-        return {
+        terms = {
             "nll_energy": nll_energy.mean(),
             "bce_hits": bce_hits.mean(),
-            "ce_sharing": ce_sharing.mean(),
+            "nll_sharing": nll_sharing.mean(),
             "kl": kl,
             "kl_floored": kl_floored,
             "neg_elbo": recon + kl,
             "recon": recon,
         }
+        if self.latent_flow is not None:
+            # the flow learns the codes the encoder gives (detached: it does not shape them)
+            terms["flow_nll"] = -self.latent_flow.log_prob(z.detach(), cond).mean()
+            if self.training:
+                self._widen_code_support(z.detach())
+        return terms
+
+    def _widen_code_support(self, z: torch.Tensor) -> None:
+        """Let the flow know the range of the codes (B, latent_dim) of this step, on all ranks."""
+        low, high = z.min(0).values, z.max(0).values
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+            torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+        self.latent_flow.widen_support(low, high)
 
     def beta(self) -> float:
         h = self.hparams
@@ -146,10 +202,13 @@ class CaloVAE(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms = self.losses(batch)
         beta = self.beta()
-        loss = terms["recon"] + beta * terms["kl_floored"]
+        loss = terms["recon"] + beta * terms["kl_floored"] + terms.get("flow_nll", 0.0)
         # Logging costs about as much as a tenth of a CPU step: log only on the steps that are kept.
         if self.global_step % self.trainer.log_every_n_steps == 0:
-            self.log_dict({"train/loss": loss, "train/kl": terms["kl"], "train/beta": beta}, prog_bar=True)
+            logged = {"train/loss": loss, "train/kl": terms["kl"], "train/beta": beta}
+            if "flow_nll" in terms:
+                logged["train/flow_nll"] = terms["flow_nll"]
+            self.log_dict(logged, prog_bar=True)
         return loss
 
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> None:
@@ -182,34 +241,43 @@ class CaloVAE(LightningModule):
     ) -> dict[str, torch.Tensor]:
         """Simulate showers for incident energies ``energy_gev`` (B, 1) GeV.
 
-        Returns ``{"layer_0": (B, 3, 96), "layer_1": (B, 12, 12), "layer_2": (B, 12, 6)}`` in MeV.
+        Returns ``{key: (B, *shape)}`` in MeV for the layers of ``layer_shapes``; for CaloGAN
+        ``{"layer_0": (B, 3, 96), "layer_1": (B, 12, 12), "layer_2": (B, 12, 6)}``.
         """
         energy_gev = energy_gev.to(self.device, torch.float32)
         cond = self._condition({"energy": energy_gev, "particle": particle})
-        z = torch.randn((len(energy_gev), self.hparams.latent_dim), generator=generator, device=self.device)
-        e_mean, e_log_var, hit_logits, share_logits = self.decoder(z, cond)
+        if self.latent_flow is None:
+            z = torch.randn((len(energy_gev), self.hparams.latent_dim), generator=generator, device=self.device)
+        else:
+            z = self.latent_flow.sample(cond, generator)
+        e_mean, e_log_var, hit_logits, share_params = self.decoder(z, cond)
         noise = torch.randn(e_mean.shape, generator=generator, device=self.device)
         layer_energy = self.representation.decode_energies(e_mean + torch.exp(0.5 * e_log_var) * noise, energy_gev)
         showers = {}
-        for i, key in enumerate(LAYER_KEYS):
+        for i, (key, shape) in enumerate(self.layer_shapes.items()):
             hits = torch.rand(hit_logits[i].shape, generator=generator, device=self.device) < torch.sigmoid(hit_logits[i])
-            share = torch.softmax(share_logits[i].masked_fill(~hits, -1e4), dim=1) * hits
-            showers[key] = (share * layer_energy[:, i : i + 1]).reshape(-1, *LAYER_SHAPES[key])
+            share = sample_sharing(share_params[i], hits, self.share_params, generator)
+            showers[key] = (share * layer_energy[:, i : i + 1]).reshape(-1, *shape)
         return showers
 
     @torch.no_grad()
     def evaluation_samples(self, batch: dict, generator: torch.Generator) -> dict[str, tuple]:
         """The evaluation protocol: ``{name: (reference, generated)}`` for the B showers of ``batch``.
 
-        ``layer_0`` (B, 3, 96), ``layer_1`` (B, 12, 12), ``layer_2`` (B, 12, 6) in MeV: the
-        batch's showers vs showers generated at their incident energies and particles, drawn
-        from ``generator`` exactly as :meth:`generate` draws; ``energy`` (B, 1) GeV, the
-        incident energies on both sides.
+        One entry per layer (for CaloGAN ``layer_0`` (B, 3, 96), ``layer_1`` (B, 12, 12),
+        ``layer_2`` (B, 12, 6)) in MeV: the batch's showers vs showers generated at their
+        incident energies and particles, drawn from ``generator`` exactly as :meth:`generate`
+        draws; ``energy`` (B, 1) GeV, the incident energies on both sides; ``showers``
+        (B, cells) MeV, all layers flattened in order, and ``incident_energies`` (B, 1) MeV.
         """
         generated = self.generate(batch["energy"], batch.get("particle"), generator)
-        samples = {k: (batch[k].to(self.device), generated[k]) for k in LAYER_KEYS}
+        samples = {k: (batch[k].to(self.device), generated[k]) for k in self.layer_keys}
         energy = batch["energy"].to(self.device)
         samples["energy"] = (energy, energy)
+        # the same showers as one vector of cells in layer order (the CaloChallenge file's voxel
+        # order) with the incident energy in MeV, the CaloChallenge evaluation's inputs
+        samples["showers"] = tuple(torch.cat([samples[k][i].flatten(1) for k in self.layer_keys], 1) for i in (0, 1))
+        samples["incident_energies"] = (1000.0 * energy, 1000.0 * energy)
         return samples
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -107,21 +107,65 @@ class LayerwiseEncoder(nn.Module):
 class LayerwiseDecoder(nn.Module):
     """p(shower | z, condition): a shared trunk, an energy head and one branch per layer.
 
-    Output: energy mean and log-variance (B, L) each, and per layer the hit logits and sharing
-    logits, each (B, n_l).
+    Output: energy mean and log-variance (B, L) each, and per layer the hit logits (B, n_l) and
+    the sharing parameters (B, share_params * n_l): per cell, a softmax logit (``share_params``
+    1) or the mean and log-scale of its log-fraction (2, see :func:`lognormal_sharing_nll`).
     """
 
-    def __init__(self, layer_cells: list[int], cond_dim: int, latent_dim: int, hidden: int, branch: int) -> None:
+    def __init__(
+        self, layer_cells: list[int], cond_dim: int, latent_dim: int, hidden: int, branch: int, share_params: int = 1
+    ) -> None:
         super().__init__()
         self.layer_cells = list(layer_cells)
+        self.share_params = share_params
         self.trunk = mlp([latent_dim + cond_dim, hidden, hidden], final_activation=True)
         self.energy_head = nn.Linear(hidden, 2 * len(layer_cells))
-        self.branches = nn.ModuleList(mlp([hidden, branch, 2 * n]) for n in layer_cells)
+        self.branches = nn.ModuleList(mlp([hidden, branch, (1 + share_params) * n]) for n in layer_cells)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor):
         h = self.trunk(torch.cat([z, cond], dim=1))
         e_mean, e_log_var = self.energy_head(h).chunk(2, dim=1)
-        heads = [b(h).chunk(2, dim=1) for b in self.branches]
+        heads = [b(h).split([n, self.share_params * n], dim=1) for b, n in zip(self.branches, self.layer_cells)]
         hit_logits = [hl for hl, _ in heads]
-        share_logits = [sl for _, sl in heads]
-        return e_mean, e_log_var.clamp(-10.0, 5.0), hit_logits, share_logits
+        share_params = [sp for _, sp in heads]
+        return e_mean, e_log_var.clamp(-10.0, 5.0), hit_logits, share_params
+
+
+#: Bounds of the log-scale of a cell's log-fraction: 1e-3 (a cell fixed by z) to e^2 (a factor of 7).
+LOG_SCALE_RANGE = (-7.0, 2.0)
+
+
+def lognormal_sharing_nll(params: torch.Tensor, sharing: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+    """-log p of the hit cells' fractions of their layer energy, (B,), nats.
+
+    Each hit cell's log-fraction log(x_i / E_l) is Gaussian given z, with mean and log-scale from
+    ``params`` (B, 2 n): the shape comes from z, the cell-to-cell fluctuations around it (a
+    brightest cell a little brighter, a neighbour a little fainter) from the per-cell noise, which
+    a softmax sharing cannot produce. Cells not hit contribute nothing.
+
+    Args:
+        params: (B, 2 n), the means then the log-scales.
+        sharing: (B, n) fractions of the layer energy (:meth:`ShowerRepresentation.sharing_fractions`).
+        hit: (B, n) bool, the cells with energy.
+    """
+    mean, log_scale = params.chunk(2, dim=1)
+    log_scale = log_scale.clamp(*LOG_SCALE_RANGE)
+    u = torch.log(sharing.clamp_min(1e-30))
+    nll = 0.5 * ((u - mean) * torch.exp(-log_scale)) ** 2 + log_scale + 0.5 * math.log(2 * math.pi)
+    return (nll * hit).sum(1)
+
+
+def sample_sharing(
+    params: torch.Tensor, hits: torch.Tensor, share_params: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Fractions (B, n) of the layer energy in each cell: 0 outside ``hits``, summing to 1 over them.
+
+    With one parameter per cell they are the softmax of the logits over the hit cells; with two,
+    each hit cell's log-fraction is drawn from its Gaussian and the fractions are renormalised to
+    sum to 1 (a logistic-normal sharing), so the layer keeps exactly its sampled energy.
+    """
+    if share_params == 2:
+        mean, log_scale = params.chunk(2, dim=1)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        params = mean + torch.exp(log_scale.clamp(*LOG_SCALE_RANGE)) * noise
+    return torch.softmax(params.masked_fill(~hits, -1e4), dim=1) * hits
