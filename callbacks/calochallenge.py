@@ -134,8 +134,12 @@ def _overlay(ax, ref: np.ndarray, gen: np.ndarray, edges: np.ndarray, label: str
 
 
 def _mean_layer_image(showers, binning: CaloChallengeBinning, index: int, threshold_mev: float | None) -> np.ndarray:
-    """(n_alpha, n_r) mean energy (MeV) of one layer, thresholded layer by layer (no full copy)."""
+    """(n_alpha, n_r) mean energy (MeV) of one layer over the showers whose voxels there are all
+    finite (a broken generator's NaN must not blank the picture), thresholded layer by layer."""
     layer = np.asarray(showers)[:, binning.layer_slices[index]]
+    layer = layer[np.isfinite(layer).all(axis=1)]
+    if len(layer) == 0:
+        return np.zeros((binning.layers[index].n_alpha, binning.layers[index].n_r))
     layer = layer if threshold_mev is None else apply_threshold(layer, threshold_mev)
     return layer.mean(axis=0, dtype=np.float64).reshape(binning.layers[index].n_alpha, -1)
 
@@ -220,6 +224,7 @@ class CaloChallengeMetrics(PhysicsMetric):
     * ``sep/<feature>``: separation power on the challenge's histogram binning of ``e_ratio``
       and every per-layer feature; ``sep/voxel_energy`` (the voxel spectrum); dataset 1 also
       ``sep/e_ratio_at_<E>mev`` per incident energy. ``sep_mean/<group>``: the mean over layers.
+    * ``nonfinite_fraction``: the generated showers with a NaN or inf voxel.
 
     In ``test`` (and at validation if ``distances_at_validation``):
 
@@ -351,6 +356,8 @@ class CaloChallengeMetrics(PhysicsMetric):
         )
         values = {f"sep/{k}": v for k, v in sep.items()}
         values.update({f"sep_mean/{k}": v for k, v in _group_means(sep).items()})
+        # generated showers with a NaN or inf voxel: a numerically broken generator, never physics
+        values["nonfinite_fraction"] = float((~np.isfinite(np.asarray(generated["showers"])).all(axis=1)).mean())
 
         if stage == "test" or self.distances_at_validation:
             x_ref = feature_vector(ref, reference["incident_energies"], binning)

@@ -294,3 +294,17 @@ def test_calochallenge_predict_writes_a_file_in_the_challenge_format(tmp_path):
     assert np.allclose(np.sort(data["incident_energies"].ravel()), np.sort(expected.ravel()), rtol=1e-6)
     assert set(np.unique(data["incident_energies"])) <= set(binning.discrete_energies_mev)
     assert np.isfinite(data["showers"]).all() and (data["showers"] >= 0).all()
+
+
+def test_decoded_layer_energies_stay_finite_for_far_tail_draws():
+    """A hadronic layer's log-fraction spreads over decades; a 10-sigma draw must give a finite
+    energy (at most twice E_inc), not a float32 overflow that turns zero cells into NaN."""
+    rep = ShowerRepresentation([4, 4])
+    rep.y_mean.copy_(torch.tensor([-1.0, -10.0]))
+    rep.y_std.copy_(torch.tensor([0.5, 6.0]))
+    energy = torch.full((3, 1), 100.0)
+    y = torch.tensor([[0.0, 0.0], [0.0, 10.0], [40.0, 40.0]])
+    e = rep.decode_energies(y, energy)
+    assert torch.isfinite(e).all()
+    assert torch.allclose(e[0], 1000.0 * 100.0 * (torch.exp(rep.y_mean) - 1e-6))  # ordinary draws unchanged
+    assert (e <= 2.0 * 1000.0 * 100.0 * (1 + 1e-6)).all() and e[2].min() > 1000.0 * 100.0

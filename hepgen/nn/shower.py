@@ -22,6 +22,8 @@ from hepgen.nn.mlp import mlp
 
 #: Floor added to E_l / E_inc before the log: layers with no energy sit at log(1e-6), far below data.
 LOG_FRACTION_EPS = 1e-6
+#: Largest layer energy over incident energy that decoding returns (physically at most ~1).
+MAX_LAYER_FRACTION = 2.0
 #: Incident energies are mapped by log10(E / 10 GeV): 1-100 GeV -> [-1, 1].
 ENERGY_SCALE_GEV = 10.0
 
@@ -69,8 +71,14 @@ class ShowerRepresentation(nn.Module):
         return (self.layer_log_fractions(layers, energy_gev) - self.y_mean) / self.y_std
 
     def decode_energies(self, y: torch.Tensor, energy_gev: torch.Tensor) -> torch.Tensor:
-        """Layer energies in MeV, (B, n_layers), from standardised values."""
-        fraction = torch.exp(y * self.y_std + self.y_mean) - LOG_FRACTION_EPS
+        """Layer energies in MeV, (B, n_layers), from standardised values.
+
+        A layer holds at most ``MAX_LAYER_FRACTION`` of the incident energy: a far-tail draw of a
+        layer whose log-fraction spreads over decades (a hadronic layer that photons rarely reach)
+        would otherwise overflow float32 to inf, and inf times a zero cell is NaN.
+        """
+        log_fraction = (y * self.y_std + self.y_mean).clamp(max=math.log(MAX_LAYER_FRACTION))
+        fraction = torch.exp(log_fraction) - LOG_FRACTION_EPS
         return fraction.clamp_min(0.0) * (1000.0 * energy_gev)
 
     @staticmethod
