@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
-from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from callbacks.base import PhysicsMetric, gather_predictions
@@ -16,6 +15,7 @@ from hepgen.metrics.calo_classifier import challenge_split, classifier_test, low
 from hepgen.metrics.distributions import binned_separation_power
 from hepgen.metrics.frechet import frechet_physics_distance, kernel_physics_distance
 from hepgen.physics.calochallenge import VOXELS, CaloChallengeBinning, load_binning
+from hepgen.plotting import shared_log_norm
 from hepgen.run import next_free_path
 from hepgen.physics.calochallenge_features import (
     LAYER_GROUPS,
@@ -144,16 +144,6 @@ def _mean_layer_image(showers, binning: CaloChallengeBinning, index: int, thresh
     return layer.mean(axis=0, dtype=np.float64).reshape(binning.layers[index].n_alpha, -1)
 
 
-def _shared_log_norm(images: list[np.ndarray], dynamic_range: float = 1e6) -> LogNorm:
-    """One log colour scale for several images: positive min to max, at most 6 decades."""
-    values = np.concatenate([im.reshape(-1) for im in images])
-    positive = values[values > 0]
-    if positive.size == 0:
-        return LogNorm(vmin=1e-3, vmax=1.0)
-    vmax = float(positive.max())
-    return LogNorm(vmin=max(float(positive.min()), vmax / dynamic_range), vmax=vmax)
-
-
 def mean_shower_figure(
     reference_showers: np.ndarray,
     generated_showers: np.ndarray,
@@ -183,7 +173,7 @@ def mean_shower_figure(
         block, col = divmod(position, ncols)
         layer = binning.layers[index]
         images = [_mean_layer_image(s, binning, index, threshold_mev) for s in (reference_showers, generated_showers)]
-        norm = _shared_log_norm(images)
+        norm = shared_log_norm(images)
         # Polar quads have straight sides: split each angular bin into pieces so that rings look
         # round (a layer with one angular bin would otherwise have no area at all).
         pieces = math.ceil(72 / layer.n_alpha)

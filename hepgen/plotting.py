@@ -175,7 +175,7 @@ def _mean_image(showers: dict[str, np.ndarray], key: str) -> np.ndarray:
     return layer[finite].mean(axis=0, dtype=np.float64)
 
 
-def _log_norm(images: Sequence[np.ndarray], dynamic_range: float = 1e6) -> LogNorm:
+def shared_log_norm(images: Sequence[np.ndarray], dynamic_range: float = 1e6) -> LogNorm:
     """One log colour scale for several images: their positive min to max, at most 6 decades."""
     values = np.concatenate([im.reshape(-1) for im in images])
     positive = values[values > 0]
@@ -209,7 +209,7 @@ def mean_shower_images(
     axes = fig.subplots(2, len(LAYER_KEYS))
     for col, key in enumerate(LAYER_KEYS):
         images = [_mean_image(reference_showers, key), _mean_image(generated_showers, key)]
-        norm = _log_norm(images)
+        norm = shared_log_norm(images)
         for row, (image, label) in enumerate(zip(images, labels)):
             ax = axes[row, col]
             # Row index runs along the first array axis, drawn upwards (origin="lower") to

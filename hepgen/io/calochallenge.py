@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from hepgen.io.errors import DataFileError
+from hepgen.io.hdf5 import open_hdf5
 from hepgen.physics.calochallenge import VOXELS, CaloChallengeBinning
 
 ENERGY_KEY = "incident_energies"
@@ -190,15 +191,7 @@ def _check_dtype(where: Path, key: str, dtype: np.dtype) -> None:
 def _open_checked(path: str | Path, binning: CaloChallengeBinning) -> Iterator[tuple[h5py.File, int]]:
     """Open a file and check its keys, dtypes and shapes; yield (file, N)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"CaloChallenge file not found: {path}. {download_hint(binning.dataset)}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DataFileError(
-            f"{path} is not a readable HDF5 file ({err}); it may be truncated or corrupt. "
-            "Download it again or remake it."
-        ) from err
+    f = open_hdf5(path, "CaloChallenge", download_hint(binning.dataset))
     with f:
         missing = [k for k in (ENERGY_KEY, SHOWER_KEY) if not isinstance(f.get(k), h5py.Dataset)]
         if missing:

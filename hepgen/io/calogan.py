@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from hepgen.io.errors import DataFileError
+from hepgen.io.hdf5 import open_hdf5
 from hepgen.physics.calo_geometry import LAYER_KEYS, LAYER_SHAPES
 
 KEY_SHAPES: dict[str, tuple[int, ...]] = {"energy": (1,), **LAYER_SHAPES, "overflow": (3,)}
@@ -45,15 +46,7 @@ def read_calogan(path: str | Path, max_events: int | None = None) -> dict[str, n
         DataFileError: missing or unreadable file, missing key, wrong shape, NaN/inf, no events.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"CaloGAN file not found: {path}. {DOWNLOAD_HINT}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DataFileError(
-            f"{path} is not a readable HDF5 file ({err}); it may be truncated or corrupt. "
-            "Download it again or remake it."
-        ) from err
+    f = open_hdf5(path, "CaloGAN", DOWNLOAD_HINT)
     with f:
         missing = [k for k in KEY_SHAPES if k not in f]
         if missing:
