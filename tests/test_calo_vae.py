@@ -308,3 +308,16 @@ def test_decoded_layer_energies_stay_finite_for_far_tail_draws():
     assert torch.isfinite(e).all()
     assert torch.allclose(e[0], 1000.0 * 100.0 * (torch.exp(rep.y_mean) - 1e-6))  # ordinary draws unchanged
     assert (e <= 2.0 * 1000.0 * 100.0 * (1 + 1e-6)).all() and e[2].min() > 1000.0 * 100.0
+
+
+def test_lognormal_sharing_nll_is_the_gaussian_density_of_the_hit_cells_log_fractions():
+    from hepgen.nn.shower import lognormal_sharing_nll
+
+    gen = torch.Generator().manual_seed(0)
+    cells = torch.rand(5, 6, generator=gen) * (torch.rand(5, 6, generator=gen) > 0.4)
+    sharing = ShowerRepresentation.sharing_fractions(cells)
+    mean, log_scale = torch.randn(5, 6, generator=gen) - 2, 0.3 * torch.randn(5, 6, generator=gen)
+    hit = cells > 0
+    expected = -(torch.distributions.Normal(mean, log_scale.exp()).log_prob(torch.log(sharing.clamp_min(1e-30))) * hit).sum(1)
+    got = lognormal_sharing_nll(torch.cat([mean, log_scale], 1), sharing, hit)
+    torch.testing.assert_close(got, expected)
