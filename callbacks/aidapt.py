@@ -186,6 +186,7 @@ class GANMonitor(Callback):
         self._names: list[str] = []
         self._param_names: list[list[str]] = []
         self._equilibrium: float | None = None
+        self._reset_epoch()
 
     # --- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -207,6 +208,11 @@ class GANMonitor(Callback):
         return k > 0 and (trainer.current_epoch + 1) % k == 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._reset_epoch()
+
+    def _reset_epoch(self) -> None:
+        # Also called from __init__: a run resumed from a checkpoint written during an epoch's
+        # validation restarts at on_train_epoch_end, and Lightning skips on_train_epoch_start.
         self._sums: dict[str, float] = {}
         self._steps = 0
         self._grad_sums: dict[int, torch.Tensor] = {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import torch
+
 from hepgen.errors import CheckpointError
 
 
@@ -62,3 +64,20 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
             f"(-c <run dir>/config.yaml), --run.version of a trained run, or a checkpoint file."
         )
     return check_whole(found[0])
+
+
+def check_matches(model: torch.nn.Module, path: Path) -> None:
+    """Raise if a checkpoint's tensors do not fit ``model``: it was trained with another configuration.
+
+    Only tensors present in both are compared (a method may build parts in ``setup``); Lightning's
+    own strict load would end in a multi-line size-mismatch traceback instead.
+    """
+    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)["state_dict"]
+    for name, tensor in model.state_dict().items():
+        if name in saved and saved[name].shape != tensor.shape:
+            run_dir = _run_dir_of(Path(path))
+            raise CheckpointError(
+                f"--ckpt_path {path}: the checkpoint was trained with another model configuration "
+                f"({name}: {list(saved[name].shape)} in the checkpoint, {list(tensor.shape)} in this config); "
+                f"use its run's config: -c {run_dir / 'config.yaml'}."
+            )

@@ -27,6 +27,7 @@ import callbacks
 import datamodules
 import hepgen.models
 from callbacks.reproducibility import RNGStateCheckpoint
+from hepgen.checkpoints import check_matches
 from hepgen.errors import ConfigValueError, HepgenError
 from hepgen.run_lock import RunLock, release_run_locks
 from hepgen.run import (
@@ -182,6 +183,13 @@ class HepgenCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.t_size", compute_fn=_series_length, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.layer_shapes", compute_fn=_layer_shapes, apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning would merge a checkpoint file's saved model arguments into the config. In
+        # hepgen the configuration (the run's config.yaml) is the one source of truth, as it is
+        # for --ckpt_path last|best; and the saved arguments hold every method's link targets
+        # (t_size, layer_shapes, ...), which a method that does not take them fails to parse.
+        return
+
     def before_instantiate_classes(self) -> None:
         if self.subcommand is None:
             return
@@ -209,6 +217,9 @@ class HepgenCLI(LightningCLI):
         self._has_checkpoint_callback = place_checkpoint_callbacks(cfg.trainer, self.run_dir)
 
     def _run_subcommand(self, subcommand: str) -> None:
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if ckpt_path is not None:
+            check_matches(self.model, ckpt_path)
         super()._run_subcommand(subcommand)
         if subcommand == "fit" and self.trainer.is_global_zero and not self.trainer.interrupted:
             update_latest_link(self.run_dir)  # run:<experiment>@latest now means this run
@@ -242,10 +253,20 @@ def default_checkpoints(dirpath: Path, monitor: str | None, mode: str, every_n_e
 
     Two callbacks, because Lightning (>= 2.6) writes ``save_last`` only on epochs where the
     monitored checkpoint improved: a GAN whose chi2 stalls would otherwise resume from an old
-    epoch. ``last`` is a plain newest-only checkpoint named ``last``.
+    epoch. ``last`` is a plain newest-only checkpoint named ``last``, written at the end of the
+    training epoch, after every callback's ``on_train_epoch_end``: left to itself Lightning
+    writes it at validation end when ``check_val_every_n_epoch > 1``, so it would skip the
+    epochs without validation and miss the epoch-end records of the ones with it.
     """
     callbacks = [
-        ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=every_n_epochs)
+        ModelCheckpoint(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=every_n_epochs,
+            save_on_train_epoch_end=True,
+        )
     ]
     if monitor:
         callbacks.append(

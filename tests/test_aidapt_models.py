@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from datamodules.aidapt import AIDAPTDataModule
-from hepgen.errors import HepgenError
+from hepgen.errors import CheckpointError, HepgenError
 from hepgen.models.aidapt import FoldingGAN, UnfoldingGAN
 from hepgen.nn.scaling import MinMaxScaler
 from tests.conftest import AIDAPT_EVENTS, ROOT, tiny_folding_gan, with_lazy_training_split
@@ -171,6 +171,39 @@ def test_cli_run_keeps_the_newest_epoch_in_last_ckpt_and_resumes_from_it(aidapt_
     assert resumed["epoch"] == 3 and resumed["global_step"] == 4 * 2 * 6
     history = next(v for k, v in resumed["callbacks"].items() if "GANMonitor" in k)["history"]
     assert [r["epoch"] for r in history["train"]] == [1, 2, 3, 4]
+
+
+def test_last_ckpt_is_written_every_epoch_when_validation_is_less_frequent(aidapt_dir, tmp_path):
+    """With check_val_every_n_epoch > 1 Lightning would write last.ckpt only at validation, before
+    the epoch-end hooks: the newest epochs and the epoch's monitor record would be lost."""
+    from hepgen.cli import main
+    from tests.conftest import ROOT
+
+    args = [
+        "-c", str(ROOT / "tests" / "conf" / "aidapt_tiny.yaml"),
+        "--data.init_args.data_dir", str(aidapt_dir),
+        "--run.root", str(tmp_path), "--run.experiment", "tiny", "--run.version", "v0",
+        "--trainer.check_val_every_n_epoch", "2",
+    ]  # fmt: skip
+    main(["fit", *args])
+    checkpoints = tmp_path / "tiny" / "v0" / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * 2 * 6  # epoch 3 has no validation
+    history = next(v for k, v in last["callbacks"].items() if "GANMonitor" in k)["history"]
+    assert [r["epoch"] for r in history["train"]] == [1, 2, 3]
+
+    # The best checkpoint is written at validation end, inside epoch 2: Lightning resumes it at
+    # on_train_epoch_end without calling on_train_epoch_start (GANMonitor used to fail there).
+    (best,) = checkpoints.glob("best-*.ckpt")
+    main(["fit", *args, "--ckpt_path", str(best), "--trainer.max_epochs", "4", "--run.version", "v1"])
+    resumed = torch.load(tmp_path / "tiny" / "v1" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["epoch"] == 3 and resumed["global_step"] == 4 * 2 * 6
+    history = next(v for k, v in resumed["callbacks"].items() if "GANMonitor" in k)["history"]
+    assert [r["epoch"] for r in history["train"]][-2:] == [3, 4]
+
+    # a checkpoint file with a config of other sizes: one line naming the tensor and the run's config
+    with pytest.raises(CheckpointError, match=rf"generator.*\[32, 12\] in the checkpoint.*-c {tmp_path}/tiny/v0/config.yaml"):
+        main(["test", *args, "--model.init_args.noise_dim", "4", "--ckpt_path", str(best), "--run.version", "v0"])
 
 
 def test_lr_decay_reaches_zero_at_max_epochs(aidapt_dir, tmp_path):
