@@ -12,6 +12,8 @@ energy in GeV.
 
 from __future__ import annotations
 
+import numpy as np
+
 #: HDF5 key -> (rows, columns) of the cell array in that layer.
 LAYER_SHAPES: dict[str, tuple[int, int]] = {
     "layer_0": (3, 96),
@@ -44,13 +46,11 @@ ENERGY_RANGE_GEV: tuple[float, float] = (1.0, 100.0)
 PARTICLES: tuple[str, ...] = ("eplus", "gamma", "piplus")
 
 
-def cell_centres_mm(key: str) -> tuple["np.ndarray", "np.ndarray"]:
+def cell_centres_mm(key: str) -> tuple[np.ndarray, np.ndarray]:
     """Cell-centre coordinates (mm) along the first and second array axes of a layer.
 
     The first axis follows the CaloGAN analysis: centres of ``linspace(-240, 240, n + 1)``.
     """
-    import numpy as np
-
     rows, cols = LAYER_SHAPES[key]
     half = TRANSVERSE_SIZE_MM / 2
     edges_r = np.linspace(-half, half, rows + 1)
