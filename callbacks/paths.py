@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 
 from callbacks.base import PhysicsMetric, gather_predictions
-from hepgen.io.aidapt import write_atomically
+from hepgen.io.files import write_atomically
 from hepgen.metrics.classifier import two_sample_accuracy
 from hepgen.io.timeseries import fill_missing
 from hepgen.metrics.paths import (

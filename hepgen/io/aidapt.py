@@ -22,14 +22,14 @@ index  name        content
 from __future__ import annotations
 
 import os
-import secrets
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from hepgen.io.errors import DataFileError
+from hepgen.io.files import write_atomically
 from hepgen.physics.kinematics import COLUMNS  # the layout lives with the formulas that read it
 
 N_COLUMNS = len(COLUMNS)
@@ -142,33 +142,6 @@ def read_paired_files(
         vertex.append(v)
         detector.append(d)
     return np.concatenate(vertex), np.concatenate(detector)
-
-
-def write_atomically(path: str | Path, write: Callable) -> Path:
-    """Create ``path`` through ``write(binary_file)``, atomically and never over an existing file.
-
-    The bytes go to a hidden temporary file in the same folder, which is then renamed with
-    ``os.replace`` (atomic on one filesystem): a crash leaves no half-written ``path``.
-
-    Raises:
-        FileExistsError: ``path`` exists (nothing is written).
-    """
-    path = Path(path)
-    refuse = f"{path} exists; hepgen never overwrites a data file. Remove it or choose another path."
-    if path.exists():
-        raise FileExistsError(refuse)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # pid and a random part: processes on different nodes of a shared filesystem may share a pid
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        if path.exists():  # created by someone else while we wrote
-            raise FileExistsError(refuse)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_event_file(path: str | Path, array: np.ndarray) -> Path:

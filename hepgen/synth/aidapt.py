@@ -68,7 +68,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hepgen.io.aidapt import COLUMNS, N_COLUMNS, write_atomically, write_event_file
+from hepgen.io.aidapt import COLUMNS, N_COLUMNS, write_event_file
+from hepgen.io.files import write_atomically
 from hepgen.physics.kinematics import M_PION, M_PROTON, boost, mass2, two_body_momentum
 
 #: The sample kinds: three-body phase space and the resonance mixture.

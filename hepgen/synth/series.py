@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hepgen.io.aidapt import write_atomically
+from hepgen.io.files import write_atomically
 
 AIR_QUALITY_COLUMNS = ("PM2.5", "PM10", "SO2", "NO2", "CO", "O3", "TEMP", "PRES", "DEWP", "RAIN", "WSPM")
 #: Units of the air-quality columns (the UCI file's documentation).
