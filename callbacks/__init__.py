@@ -1,6 +1,7 @@
 """Callbacks: physics metrics (one per metric family), writers, and run plumbing."""
 
 from callbacks.aidapt import AIDAPTMetrics, AIDAPTWriter, GANMonitor
+from callbacks.anomaly import AnomalyMetrics, AnomalyScoreWriter
 from callbacks.base import PhysicsMetric
 from callbacks.calo import CaloGANWriter, CaloMetrics
 from callbacks.calochallenge import CaloChallengeMetrics, CaloChallengeWriter
@@ -10,6 +11,8 @@ from callbacks.reproducibility import RNGStateCheckpoint
 __all__ = [
     "AIDAPTMetrics",
     "AIDAPTWriter",
+    "AnomalyMetrics",
+    "AnomalyScoreWriter",
     "CaloChallengeMetrics",
     "CaloChallengeWriter",
     "CaloGANWriter",

@@ -1,6 +1,7 @@
 """Datamodules: one LightningDataModule per data family."""
 
 from datamodules.aidapt import AIDAPTDataModule
+from datamodules.anomaly import WeakSupervisionDataModule
 from datamodules.base import HepDataModule
 from datamodules.calochallenge import CaloChallengeDataModule
 from datamodules.calogan import CaloGANDataModule
@@ -8,5 +9,5 @@ from datamodules.timeseries import CSVSeriesDataModule, OUDataModule, Trajectory
 
 __all__ = [
     "AIDAPTDataModule", "CSVSeriesDataModule", "CaloChallengeDataModule", "CaloGANDataModule", "HepDataModule",
-    "OUDataModule", "TrajectoryDataModule",
+    "OUDataModule", "TrajectoryDataModule", "WeakSupervisionDataModule",
 ]  # fmt: skip

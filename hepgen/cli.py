@@ -182,6 +182,7 @@ class HepgenCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.data_size", compute_fn=_series_channels, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.t_size", compute_fn=_series_length, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.layer_shapes", compute_fn=_layer_shapes, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.n_features", compute_fn=_n_features, apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would merge a checkpoint file's saved model arguments into the config. In
@@ -290,6 +291,11 @@ def _num_particles(data) -> int:
 def _series_channels(data) -> int | None:
     """Channels C of a time-series datamodule (``None`` for other data; only time-series models link it)."""
     return getattr(data, "channels", None)
+
+
+def _n_features(data) -> int | None:
+    """Inputs F per event of a tabular datamodule (``None`` for other data; classifiers link it)."""
+    return getattr(data, "n_features", None)
 
 
 def _series_length(data) -> int | None:

@@ -122,3 +122,42 @@ def with_lazy_training_split(datamodule_class):
             return {k: v[:n] for k, v in self._train.items()}
 
     return LazyTrainingSplit
+
+
+#: A small Toy NR study: S/B = 5 % on 4,000 SR background events, so a tiny ensemble finds it.
+AD_STUDY = dict(
+    kind="nr", events=4000, signal_fractions=(0.05,), seeds=(1,), test_background=20_000, test_signal=5000,
+    fullsup_background=4000, fullsup_signal=2000, progress=False,
+)
+
+
+@pytest.fixture(scope="session")
+def ad_study_dir(tmp_path_factory) -> Path:
+    """A made Toy NR anomaly-detection study in the seed's .npz layout (see AD_STUDY)."""
+    from hepgen.synth.ad_toy import make_ad_toy
+
+    folder = tmp_path_factory.mktemp("ad_study") / "toy_nr"
+    make_ad_toy(folder, **AD_STUDY)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lhco_sr_like_dir(tmp_path_factory) -> Path:
+    """Small files in the 6-column LHCO signal-region layout of ``../shared/data/lhco_sr``
+    (context, 4 features, label), filled with Toy R events: sr_data_train (3,000 background +
+    150 signal), sr_data_val (3,000 + 50) and sr_signal (1,500)."""
+    import numpy as np
+
+    from hepgen.synth.ad_toy import make_toy
+
+    toy, rng = make_toy("r"), np.random.default_rng(5)
+    folder = tmp_path_factory.mktemp("lhco_sr_like")
+
+    def rows(n_background: int, n_signal: int) -> np.ndarray:
+        background = np.c_[toy.sample_background_sr(n_background, rng), np.zeros(n_background)]
+        signal = np.c_[toy.sample_signal_sr(n_signal, rng), np.ones(n_signal)]
+        return rng.permutation(np.concatenate([background, signal]))
+
+    for name, (n_b, n_s) in {"sr_data_train": (3000, 150), "sr_data_val": (3000, 50), "sr_signal": (0, 1500)}.items():
+        np.save(folder / f"{name}.npy", rows(n_b, n_s))
+    return folder

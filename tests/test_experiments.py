@@ -15,7 +15,7 @@ EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
 
 def test_there_are_experiments():
     families = {p.parent.name for p in EXPERIMENTS}
-    assert {"calo_vae", "aidapt", "sde_gan"} <= families
+    assert {"calo_vae", "aidapt", "sde_gan", "ad"} <= families
 
 
 def _data_overrides(config: Path, request) -> tuple[list[str], str]:
@@ -43,6 +43,17 @@ def _data_overrides(config: Path, request) -> tuple[list[str], str]:
         if spec["model"]["class_path"] == "UnfoldingGAN":
             args += ["--model.init_args.folding_ckpt", str(request.getfixturevalue("folding_ckpt"))]
         return args, "predictions/*.npy"
+    if data_class == "WeakSupervisionDataModule":
+        ensemble = ["--model.init_args.members", "2"]
+        if spec["model"]["class_path"] == "TreeClassifier":
+            ensemble += ["--model.init_args.max_iter", "5"]
+        if spec["data"]["init_args"]["layout"] == "lhco_sr":
+            folder = request.getfixturevalue("lhco_sr_like_dir")
+            sizes = ["--data.init_args.lhco_test_background", "1000", "--data.init_args.lhco_test_signal", "500"]
+            return ["--data.init_args.data_dir", str(folder), *sizes, *ensemble], "predictions/scores.npy"
+        folder = request.getfixturevalue("ad_study_dir")
+        study = ["--data.init_args.source", "real", "--data.init_args.signal_fraction", "0.05"]
+        return ["--data.init_args.data_dir", str(folder), *study, *ensemble], "predictions/scores.npy"
     # time series: few, short paths; real-data configs read made files in the real format
     series = ["--data.init_args.batch_size", "16", "--model.init_args.swa_start", "0"]
     if data_class == "OUDataModule":

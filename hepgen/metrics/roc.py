@@ -92,6 +92,25 @@ def sic_at(eps_s: np.ndarray, eps_b: np.ndarray, signal_efficiency) -> np.ndarra
         return target / np.sqrt(background_efficiency_at(eps_s, eps_b, target))
 
 
+def signal_efficiency_at(eps_s: np.ndarray, eps_b: np.ndarray, background_efficiency) -> np.ndarray:
+    """eps_s of the best cut at each ``background_efficiency``, interpolated linearly on the ROC."""
+    eps_b_unique, last = np.unique(eps_b[::-1], return_index=True)  # the largest eps_s of tied eps_b
+    return np.interp(background_efficiency, eps_b_unique, eps_s[::-1][last])
+
+
+def sic_at_rejection(eps_s: np.ndarray, eps_b: np.ndarray, rejection) -> np.ndarray:
+    """SIC at background rejection 1/eps_b = ``rejection`` (e.g. 1e3, 1e4), as the seed reads it off."""
+    eps_b_target = 1.0 / np.asarray(rejection, dtype=np.float64)
+    return signal_efficiency_at(eps_s, eps_b, eps_b_target) / np.sqrt(eps_b_target)
+
+
+def sic_floor(n_background: int, relative_error: float = 0.4) -> float:
+    """The smallest eps_b a max SIC may use: 1 / (relative_error^2 N_B), so that the background
+    count behind it has a relative Poisson error of at most ``relative_error`` (the seed's and
+    CATHODE's 40 %: 3.1e-5 for 200k test background events)."""
+    return 1.0 / (relative_error**2 * n_background)
+
+
 def roc_summary(score, label, weight=None, signal_efficiencies=(0.2, 0.5), min_eps_b: float = 0.0) -> dict[str, float]:
     """``auc``, ``max_sic`` and ``sic_at_<eff>`` of one score (see the functions above)."""
     eps_s, eps_b, _ = roc_curve(score, label, weight)

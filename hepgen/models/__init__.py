@@ -1,7 +1,8 @@
 """Methods: one LightningModule per method."""
 
+from hepgen.models.ad_classifier import TreeClassifier, WeakClassifier
 from hepgen.models.aidapt import FoldingGAN, UnfoldingGAN
 from hepgen.models.calo_vae import CaloVAE
 from hepgen.models.sde_gan import SDEGAN
 
-__all__ = ["CaloVAE", "FoldingGAN", "SDEGAN", "UnfoldingGAN"]
+__all__ = ["CaloVAE", "FoldingGAN", "SDEGAN", "TreeClassifier", "UnfoldingGAN", "WeakClassifier"]

@@ -1,4 +1,4 @@
-"""Min-max scaling to [-1, 1] that lives inside a model, so it travels with the weights."""
+"""Feature scaling that lives inside a model, so it travels with the weights."""
 
 from __future__ import annotations
 
@@ -55,3 +55,45 @@ class MinMaxScaler(nn.Module):
 
     def extra_repr(self) -> str:
         return f"features={len(self.data_min)}"
+
+
+class StandardScaler(nn.Module):
+    """Per-feature standardisation ``x' = (x - mean) / std`` that lives inside a model.
+
+    Mean and standard deviation (float64 buffers) are fitted once on training data, saved in the
+    checkpoint and never refitted, like :class:`MinMaxScaler`. A feature with std below 1e-12
+    is only centred.
+
+    Args:
+        features: number of features F.
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features, dtype=torch.float64))
+        self.register_buffer("std", torch.ones(features, dtype=torch.float64))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> StandardScaler:
+        """Fit on x (N, F), optionally with event weights (N,); statistics in float64."""
+        if bool(self.fitted):
+            raise RuntimeError("this scaler is already fitted; hepgen never refits a scaler.")
+        x = x.to(self.mean.device, torch.float64)
+        w = torch.ones(len(x), dtype=torch.float64, device=x.device) if weight is None else weight.to(x).clamp_min(0)
+        w = w / w.sum()
+        mean = (w[:, None] * x).sum(0)
+        std = ((w[:, None] * (x - mean) ** 2).sum(0)).sqrt()
+        self.mean.copy_(mean)
+        self.std.copy_(torch.where(std < 1e-12, torch.ones_like(std), std))
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical (N, F) -> standardised (N, F); dtype of x is kept."""
+        if not bool(self.fitted):
+            raise RuntimeError("the scaler is not fitted: fit it on training data (or load a checkpoint) first.")
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"features={len(self.mean)}"

@@ -55,6 +55,15 @@ def _make_geolife(out, events, seed, users, progress=True):
     return make_geolife(out, events=events, seed=seed, users=users, progress=progress)
 
 
+def _make_ad_toy(out, events, seed, kind, signal_fractions, seeds, noise_features, progress=True):
+    from hepgen.synth.ad_toy import make_ad_toy
+
+    return make_ad_toy(
+        out, kind=kind, events=events, signal_fractions=signal_fractions, seeds=seeds,
+        noise_features=noise_features, seed=seed, progress=progress,
+    )
+
+
 MADE_DATASETS: dict[str, MadeDataset] = {
     "calogan": MadeDataset(
         "Calorimeter showers in the CaloGAN HDF5 format (<particle>.hdf5: layer_0/1/2 in MeV, "
@@ -96,6 +105,25 @@ MADE_DATASETS: dict[str, MadeDataset] = {
         {"--users": {"type": int, "default": 5, "help": "user folders the trajectories are dealt into (default 5)"}},
         events=100,
     ),
+    "ad_toy": MadeDataset(
+        "Weak-supervision anomaly-detection toys with the optimal classifier known, in the layout of "
+        "hep-lbdl/non-resonant-AD-extrapolation: mc_events.npz, ideal_bkg_events.npz, seed<g>/data_<s>.npz "
+        "(data = background + injected signal at S/B s, with labels), test_SR.npz, fullsup_SR.npz and ad_toy.json "
+        "(toy parameters, optimal max SIC). --kind nr: 2 context variables, SR c1 > 1 and c2 > 1; --kind r: a "
+        "resonance in m ~ Exp(1), SR 1.0 <= m <= 1.5. --events counts data background events in the SR; the CR "
+        "keeps a random tenth of its events.",
+        _make_ad_toy,
+        {
+            "--kind": {"default": "nr", "choices": ["nr", "r"], "help": "nr (non-resonant) or r (resonant); default nr"},
+            "--signal-fractions": {"nargs": "+", "type": float, "default": [0.0, 0.002, 0.005, 0.01, 0.02],
+                                   "help": "injected S/B in the SR, one data file each (default %(default)s)"},
+            "--seeds": {"nargs": "+", "type": int, "default": [1, 2, 3, 4, 5],
+                        "help": "injection seeds, one folder seed<g> each (default %(default)s)"},
+            "--noise-features": {"type": int, "default": 0,
+                                 "help": "extra N(0, 1) columns carrying no information (default 0)"},
+        },
+        events=100_000,
+    ),
 }
 
 
@@ -108,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in MADE_DATASETS.items():
         sub = kinds.add_parser(name, help=spec.description, description=spec.description)
         sub.add_argument("--out", required=True, help="folder to write into (existing files are never overwritten)")
-        sub.add_argument("--events", type=int, default=spec.events, help="events to make: per file (calogan, calochallenge), generated per sample before acceptance (aidapt), rows (csv_series), trajectories (geolife); default %(default)s")
+        sub.add_argument("--events", type=int, default=spec.events, help="events to make: per file (calogan, calochallenge), generated per sample before acceptance (aidapt), rows (csv_series), trajectories (geolife), data background in the SR (ad_toy); default %(default)s")
         sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         for flag, kwargs in spec.options.items():
             sub.add_argument(flag, **kwargs)

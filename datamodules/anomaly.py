@@ -1,0 +1,342 @@
+"""The signal-region classification task of weakly supervised anomaly detection.
+
+Every method ends in the same task: in the signal region (SR), tell "data" (label 1) from a
+background reference (label 0), then judge the classifier on a separate test set with truth
+labels, SR signal (1) vs SR background (0). What differs is the reference:
+
+* ``ideal``: an independent sample of the true SR background (the idealized AD, the ceiling a
+  background template can reach);
+* ``supervised``: no data at all, signal (1) vs background (0), the fully supervised reference;
+* ``template``: a background template a method built from the control region, read from a
+  ``.npz`` with ``samples`` (N, D) rows (context then features, as the data) and optional
+  ``weights`` (N,).
+
+Two layouts are read:
+
+* ``study``: the seed's folder (hep-lbdl/non-resonant-AD-extrapolation, final era), which
+  ``hepgen data make ad_toy`` writes with known truth: ``seed{g}/data_{s}.npz``,
+  ``ideal_bkg_events.npz``, ``fullsup_SR.npz``, ``test_SR.npz`` (:mod:`hepgen.io.anomaly`);
+* ``lhco_sr``: the CATHODE-style ``.npy`` files of LHCO R&D signal-region events
+  (``sr_data_train``, ``sr_data_val``, ``sr_signal``; 6 columns, m_jj first, label last). The
+  test set is held out from the files: ``lhco_test_background`` label-0 rows of
+  ``sr_data_val`` and ``lhco_test_signal`` rows of ``sr_signal``; the rest of each is the
+  training reference (Ideal's background, Supervised's signal).
+
+The classes' summed weights are made equal, as in the seed, so the classifier output f
+estimates p_1/(p_0 + p_1) with equal priors. Train and validation are one seeded split of the
+training pool (the seed: 33 % validation, ``random_state`` 42), the same for every ensemble
+member; the test events never enter it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.base import HepDataModule, _already_batched
+from datamodules.datasets import ArrayDictDataset
+from datamodules.samplers import EvaluationSampler
+from datamodules.splits import check_nonempty
+from hepgen.errors import ConfigValueError
+from hepgen.io import DataFileError
+from hepgen.io.anomaly import AD_COLUMNS, data_file_name, read_cathode_npy, read_npz_arrays, read_seed_study, read_template
+
+METHODS = ("ideal", "supervised", "template")
+LAYOUTS = ("study", "lhco_sr")
+#: The CATHODE-style signal-region files and what each holds.
+LHCO_SR_FILES = ("sr_data_train.npy", "sr_data_val.npy", "sr_signal.npy")
+#: Made studies record their toy (parameters, context columns, optimum) here.
+TOY_RECORD = "ad_toy.json"
+#: Context columns of each toy: Toy NR (c1, c2), Toy R (m).
+TOY_CONTEXT = {"nr": 2, "r": 1}
+
+
+def equalise_classes(label: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Weights rescaled so that each class sums to half the number of events (N/2 each)."""
+    weight = weight.astype(np.float64).copy()
+    for value in (0, 1):
+        cls = label == value
+        total = weight[cls].sum()
+        if total <= 0:
+            raise DataFileError(f"the class with label {value} has no events with positive weight.")
+        weight[cls] *= 0.5 * len(label) / total
+    return weight
+
+
+class WeakSupervisionDataModule(HepDataModule):
+    """SR "data vs background reference" for training, SR "signal vs background" for test.
+
+    Batches: ``features`` (B, F) float32 (features, and the context first when
+    ``use_context``), ``label`` (B,) float32 (train/val: 1 data or signal, 0 reference; test:
+    the truth, 1 signal), ``weight`` (B,) float32.
+
+    Args:
+        data_dir: the study folder (``layout: study``) or the folder of the ``.npy`` files.
+        source: ``real`` (files must exist) or ``made`` (``study`` only: hepgen makes a toy study).
+        layout: ``study`` or ``lhco_sr`` (see the module docstring).
+        method: ``ideal``, ``supervised`` or ``template``.
+        signal_fraction: the injected signal fraction s of the study's ``data_{s}.npz``.
+        injection_seed: g of ``seed{g}/``.
+        template: ``.npz`` with the background template (``method: template``).
+        context_columns: leading context columns of the study's rows (made studies record it;
+            the seed's physics files: 2, HT and MET).
+        use_context: give the classifier the context too (the seed's toy era did; its physics
+            runs and CATHODE use the features only).
+        toy_kind: the toy a ``made`` study holds (``nr`` or ``r``).
+        made_noise_features: extra N(0, 1) features of a ``made`` study (robustness).
+        max_train_events: at most this many events of the training pool (a seeded subsample).
+        lhco_test_background: SR background events held out for testing (``lhco_sr``).
+        lhco_test_signal: signal events held out for testing (``lhco_sr``).
+        predict_file: a ``.npy`` in the 6-column LHCO signal-region layout (``lhco_sr``) whose rows
+            ``hepgen predict`` scores; unset, it scores the test split.
+        val_fraction, split_seed, batch_size, num_workers, made_events, made_seed: as :class:`HepDataModule`;
+            ``made_events`` is the data background in the SR of a made study.
+    """
+
+    download_hint = (
+        "Make a toy study with `hepgen data make ad_toy --out DIR` (or source: made), get the seed's files "
+        "(Zenodo record 10154213), or, for layout lhco_sr, the CATHODE signal-region files."
+    )
+
+    def __init__(
+        self,
+        data_dir: str = "data/ad_toy_nr",
+        source: str = "made",
+        layout: str = "study",
+        method: str = "ideal",
+        signal_fraction: float = 0.01,
+        injection_seed: int = 1,
+        template: str | None = None,
+        context_columns: int = 2,
+        use_context: bool = False,
+        toy_kind: str = "nr",
+        made_noise_features: int = 0,
+        max_train_events: int | None = None,
+        lhco_test_background: int = 40_000,
+        lhco_test_signal: int = 20_000,
+        predict_file: str | None = None,
+        val_fraction: float = 0.33,
+        split_seed: int = 42,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        made_events: int = 100_000,
+        made_seed: int = 0,
+    ) -> None:
+        super().__init__(
+            data_dir, source, made_events, made_seed, val_fraction, 0.0, split_seed, batch_size, num_workers
+        )
+        if layout not in LAYOUTS:
+            raise ConfigValueError(f"data.layout={layout!r}: choose one of {', '.join(LAYOUTS)}.")
+        if method not in METHODS:
+            raise ConfigValueError(f"data.method={method!r}: choose one of {', '.join(METHODS)}.")
+        if method == "template" and template is None:
+            raise ConfigValueError("data.method=template needs data.template: the .npz of a background template.")
+        if layout == "lhco_sr" and source == "made":
+            raise ConfigValueError("data.layout=lhco_sr reads real LHCO files; for made data use layout: study.")
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigValueError(f"data.val_fraction={val_fraction}: give a fraction in (0, 1).")
+        self.layout = layout
+        self.method = method
+        self.signal_fraction = signal_fraction
+        self.injection_seed = injection_seed
+        self.template = template
+        self.context_columns = context_columns
+        self.use_context = use_context
+        if toy_kind not in TOY_CONTEXT:
+            raise ConfigValueError(f"data.toy_kind={toy_kind!r}: choose nr (non-resonant) or r (resonant).")
+        self.toy_kind = toy_kind
+        self.made_noise_features = made_noise_features
+        self.max_train_events = max_train_events
+        self.lhco_test_background = lhco_test_background
+        self.lhco_test_signal = lhco_test_signal
+        if predict_file is not None and layout != "lhco_sr":
+            raise ConfigValueError("data.predict_file reads the 6-column LHCO layout: use it with layout: lhco_sr.")
+        self.predict_file = predict_file
+        self._n_pool: int | None = None
+
+    # --- files -------------------------------------------------------------------------------
+    def required_files(self) -> list[Path]:
+        d = self.data_dir
+        if self.layout == "lhco_sr":
+            return [d / name for name in LHCO_SR_FILES]
+        files = [
+            d / "mc_events.npz",
+            d / "ideal_bkg_events.npz",
+            d / f"seed{self.injection_seed}" / data_file_name(self.signal_fraction),
+            d / "test_SR.npz",
+            d / "fullsup_SR.npz",
+        ]
+        if self.source == "made":
+            files.append(d / TOY_RECORD)
+        return files
+
+    def make_files(self, missing: list[Path]) -> None:
+        from hepgen.synth.ad_toy import make_ad_toy
+
+        if (self.data_dir / TOY_RECORD).is_file():
+            raise DataFileError(
+                f"{missing[0]} is missing from the made study in {self.data_dir}: it was made with other signal "
+                f"fractions or seeds. Make a study that has it (hepgen data make ad_toy --signal-fractions "
+                f"{self.signal_fraction} --seeds {self.injection_seed} --out NEW_DIR) and point data.data_dir there."
+            )
+        make_ad_toy(
+            self.data_dir,
+            kind=self.toy_kind,
+            events=self.made_events,
+            noise_features=self.made_noise_features,
+            signal_fractions=(self.signal_fraction,),
+            seeds=(self.injection_seed,),
+            seed=self.made_seed,
+        )
+
+    def check_made_file(self, path: Path) -> None:
+        if not (self.data_dir / TOY_RECORD).is_file():
+            raise DataFileError(
+                f"{self.data_dir} holds {path.name} but no {TOY_RECORD}: it is not a hepgen-made study, and made "
+                "data never mixes with other files. Use source: real for it, or another data_dir."
+            )
+
+    @property
+    def toy_record(self) -> dict | None:
+        """The made study's record (toy parameters and its optimal SIC), ``None`` for other data."""
+        path = self.data_dir / TOY_RECORD
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @property
+    def optimal_max_sic(self) -> float | None:
+        """The optimal classifier's max SIC on this made toy with the classifier's inputs (``None``
+        for other data, or where it is not known, e.g. Toy R with its context)."""
+        record = self.toy_record
+        if record is None:
+            return None
+        entry = record["optimal"].get("features_and_context" if self.use_context else "features")
+        return None if entry is None else float(entry["max_sic"])
+
+    # --- events --------------------------------------------------------------------------------
+    @property
+    def n_context(self) -> int:
+        if self.layout == "lhco_sr":
+            return 1  # m_jj
+        record = self.toy_record
+        if record:
+            return int(record["n_context"])
+        return TOY_CONTEXT[self.toy_kind] if self.source == "made" else self.context_columns
+
+    def _columns(self, rows: np.ndarray) -> np.ndarray:
+        """The classifier's inputs of (N, C + D) rows: the features, after the context if used."""
+        return rows if self.use_context else rows[:, self.n_context :]
+
+    def _study_pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(label-1 rows, label-0 rows, label-0 weights, test rows with truth in the last column)."""
+        study = read_seed_study(self.data_dir, self.signal_fraction, self.injection_seed)
+        if self.method == "supervised":
+            ones, zeros = study["fullsup_sig"], study["fullsup_bkg"]
+            weights = np.ones(len(zeros))
+        elif self.method == "ideal":
+            ones, zeros = study["data_sr"], study["ideal_sr"]
+            weights = np.ones(len(zeros))
+        else:
+            ones = study["data_sr"]
+            zeros, weights = self._template(ones.shape[1])
+        test = np.concatenate(
+            [
+                np.c_[study["test_sig"], np.ones(len(study["test_sig"]))],
+                np.c_[study["test_bkg"], np.zeros(len(study["test_bkg"]))],
+            ]
+        )
+        return ones, zeros, weights, test
+
+    def _template(self, columns: int) -> tuple[np.ndarray, np.ndarray]:
+        return read_template(self.template, columns)
+
+    def _lhco_pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        data, val, signal = (read_cathode_npy(self.data_dir / name) for name in LHCO_SR_FILES)
+        rng = np.random.default_rng(self.split_seed)
+        background = val[val[:, -1] == 0]
+        background = background[rng.permutation(len(background))]
+        signal = signal[rng.permutation(len(signal))]
+        n_bkg, n_sig = self.lhco_test_background, self.lhco_test_signal
+        for name, need, have in (("lhco_test_background", n_bkg, len(background)), ("lhco_test_signal", n_sig, len(signal))):
+            if need >= have:
+                raise ConfigValueError(
+                    f"data.{name}={need}: the files hold {have} such events, and some must remain for training."
+                )
+        test = np.concatenate([signal[:n_sig], background[:n_bkg]])[:, :-1]
+        test = np.c_[test, np.r_[np.ones(n_sig), np.zeros(n_bkg)]]
+        zeros = background[n_bkg:, :-1]
+        ones = (signal[n_sig:] if self.method == "supervised" else data)[:, :-1]
+        if self.method == "template":
+            zeros, weights = self._template(ones.shape[1])
+        else:
+            weights = np.ones(len(zeros))
+        return ones, zeros, weights, test
+
+    def load_events(self) -> dict[str, torch.Tensor]:
+        ones, zeros, weights, test = self._lhco_pools() if self.layout == "lhco_sr" else self._study_pools()
+        where = self.template if self.method == "template" else self.data_dir
+        for name, rows in (("label-1 (data or signal)", ones), ("label-0 (background reference)", zeros)):
+            if len(rows) == 0:
+                raise DataFileError(
+                    f"{where}: the {name} sample of method {self.method} has no events in the signal region; "
+                    "check the region cuts, the signal fraction and the files."
+                )
+        label = np.r_[np.ones(len(ones)), np.zeros(len(zeros))]
+        weight = equalise_classes(label, np.r_[np.ones(len(ones)), weights])
+        pool = np.concatenate([ones, zeros])
+        if self.max_train_events is not None and self.max_train_events < len(pool):
+            keep = np.sort(np.random.default_rng(self.split_seed + 7).permutation(len(pool))[: self.max_train_events])
+            pool, label, weight = pool[keep], label[keep], equalise_classes(label[keep], weight[keep])
+        self._n_pool = len(pool)
+        # signal and background interleaved, so that every test batch holds both
+        test = test[np.random.default_rng(self.split_seed + 11).permutation(len(test))]
+        rows = np.concatenate([pool, test[:, :-1]])
+        return {
+            "features": torch.as_tensor(self._columns(rows), dtype=torch.float32),
+            "label": torch.as_tensor(np.r_[label, test[:, -1]], dtype=torch.float32),
+            "weight": torch.as_tensor(np.r_[weight, np.ones(len(test))], dtype=torch.float32),
+        }
+
+    def splits(self, n_events: int) -> dict[str, np.ndarray]:
+        pool = self._n_pool
+        order = np.random.default_rng(self.split_seed).permutation(pool)
+        n_val = int(round(pool * self.val_fraction))
+        parts = {"train": order[n_val:], "val": order[:n_val], "test": np.arange(pool, n_events)}
+        check_nonempty(parts, str(self.data_dir), "Use more events or another val_fraction.")
+        return parts
+
+    @property
+    def n_features(self) -> int:
+        """F, the classifier's inputs: known before the files are read (the CLI links it into the model)."""
+        if self.layout == "lhco_sr":
+            columns = len(AD_COLUMNS) - 1  # m_jj and the 4 features; the label is not an input
+        elif (self.data_dir / "test_SR.npz").is_file():
+            columns = read_npz_arrays(self.data_dir / "test_SR.npz", ["bkg_events_SR"])["bkg_events_SR"].shape[1]
+        elif self.source == "made":
+            columns = TOY_CONTEXT[self.toy_kind] + 4 + self.made_noise_features
+        else:
+            raise DataFileError(f"data file not found: {self.data_dir / 'test_SR.npz'}. {self.download_hint}")
+        return columns if self.use_context else columns - self.n_context
+
+    # --- predict: scores for the rows of a file, in its order -------------------------------
+    def predict_dataloader(self) -> DataLoader:
+        """``predict_file`` (or the test split) with ``row``, each event's row in it, for the writer."""
+        if self.predict_file is None:
+            self.setup("test")
+            dataset = self.datasets["test"]
+            events = dataset.head()
+        else:
+            rows = read_cathode_npy(Path(self.predict_file))
+            events = {
+                "features": torch.as_tensor(self._columns(rows[:, :-1]), dtype=torch.float32),
+                "label": torch.as_tensor(rows[:, -1], dtype=torch.float32),
+                "weight": torch.ones(len(rows)),
+            }
+        events["row"] = torch.arange(len(events["label"]))
+        dataset = ArrayDictDataset(events)
+        world, rank = self._world()
+        sampler = EvaluationSampler(dataset, self.batch_size, num_replicas=world, rank=rank)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_already_batched)

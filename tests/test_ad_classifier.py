@@ -1,0 +1,129 @@
+"""The weakly supervised classifier ensemble, its SIC metrics and the signal-region datamodule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from datamodules.anomaly import WeakSupervisionDataModule
+from hepgen.cli import main
+from hepgen.metrics.roc import roc_curve, sic_at_rejection, sic_floor
+from hepgen.models.ad_classifier import WeakClassifier
+from hepgen.nn.ensemble import EnsembleMLP
+from tests.conftest import ROOT
+
+
+def _member_as_mlp(ensemble: EnsembleMLP, m: int) -> nn.Sequential:
+    """Member m of an ensemble as a plain torch MLP with the same weights."""
+    layers = []
+    for i, layer in enumerate(ensemble.layers):
+        linear = nn.Linear(*layer.weight.shape[1:])
+        with torch.no_grad():
+            linear.weight.copy_(layer.weight[m].T)
+            linear.bias.copy_(layer.bias[m, 0])
+        layers.append(linear)
+        if i < len(ensemble.layers) - 1:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def test_an_ensemble_member_trains_exactly_as_the_same_mlp_alone():
+    """Members share nothing: member 1 of a 3-member ensemble follows the trajectory of the same
+    MLP trained alone with Adam on the same batches (so the ensemble is 3 independent runs)."""
+    torch.manual_seed(0)
+    ensemble = EnsembleMLP(3, 4, (16, 8))
+    alone = _member_as_mlp(ensemble, 1)
+    opt_ensemble = torch.optim.Adam(ensemble.parameters(), lr=1e-2)
+    opt_alone = torch.optim.Adam(alone.parameters(), lr=1e-2)
+    for _ in range(20):
+        x, y = torch.randn(64, 4), (torch.rand(64) < 0.5).float()
+        loss_ensemble = nn.functional.binary_cross_entropy_with_logits(ensemble(x), y.expand(3, -1), reduction="none")
+        loss_ensemble.mean(-1).sum().backward()
+        nn.functional.binary_cross_entropy_with_logits(alone(x).squeeze(-1), y).backward()
+        for opt in (opt_ensemble, opt_alone):
+            opt.step()
+            opt.zero_grad()
+    x = torch.randn(100, 4)
+    torch.testing.assert_close(ensemble(x)[1], alone(x).squeeze(-1), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ensemble(x)[0], ensemble(x)[1])  # different initialisations
+
+
+def test_ensemble_members_start_like_torch_linear_layers():
+    torch.manual_seed(1)
+    ensemble = EnsembleMLP(50, 10, (32,))
+    weight = ensemble.layers[0].weight  # (M, in, out)
+    bound = 1 / np.sqrt(10)
+    assert float(weight.abs().max()) <= bound and float(weight.abs().max()) > 0.95 * bound
+    assert abs(float(weight.std()) - bound / np.sqrt(3)) < 0.01  # uniform(-b, b) has std b/sqrt(3)
+
+
+def test_sic_at_rejection_and_floor_on_hand_made_scores():
+    # 10 signal events scored 10..19, 1000 background scored 0..999 (/100): a cut at 9.5 keeps all
+    # signal and the 50 background events scored >= 9.5; at rejection 1000 one background event.
+    signal = np.arange(1000, 1010) / 100.0
+    background = np.arange(1000) / 100.0
+    score = np.r_[signal, background]
+    label = np.r_[np.ones(10), np.zeros(1000)]
+    eps_s, eps_b, _ = roc_curve(score, label)
+    # every signal score is above every background score: eps_s = 1 already at eps_b = 0
+    assert sic_at_rejection(eps_s, eps_b, [1e3])[0] == pytest.approx(1.0 / np.sqrt(1e-3))
+    assert sic_floor(200_000) == pytest.approx(3.125e-5)  # the seed's 40 % rule for 200k events
+    # signal mixed into the background: a signal score 5.005 sits among background 0..9.99
+    eps_s, eps_b, _ = roc_curve(np.r_[5.005, background], np.r_[1.0, np.zeros(1000)])
+    assert sic_at_rejection(eps_s, eps_b, [2.0])[0] == pytest.approx(1.0 / np.sqrt(0.5), rel=1e-2)
+
+
+def test_sic_at_rejection_interpolates_the_roc():
+    eps_s = np.array([0.0, 0.2, 0.3, 0.6, 1.0])
+    eps_b = np.array([0.0, 1e-4, 1e-4, 3e-3, 1.0])  # two cuts at eps_b = 1e-4: the one with more signal counts
+    assert sic_at_rejection(eps_s, eps_b, 1e4) == pytest.approx(0.3 / np.sqrt(1e-4))
+    eps_s_1e3 = 0.3 + (1e-3 - 1e-4) / (3e-3 - 1e-4) * 0.3
+    assert sic_at_rejection(eps_s, eps_b, 1e3) == pytest.approx(eps_s_1e3 / np.sqrt(1e-3))
+
+
+# --- the classifier on a made study ---------------------------------------------------------------
+def ad_args(subcommand: str, study: Path, root: Path, *extra: str) -> list[str]:
+    return [
+        subcommand, "-c", str(ROOT / "tests" / "conf" / "ad_tiny.yaml"),
+        "--data.init_args.data_dir", str(study), "--run.root", str(root), "--run.experiment", "ad", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ideal_run(ad_study_dir, tmp_path_factory) -> Path:
+    """The tiny ensemble trained as the idealized AD (data vs true background), then tested."""
+    root = tmp_path_factory.mktemp("ad_ideal")
+    main(ad_args("fit", ad_study_dir, root, "--trainer.max_epochs", "60"))
+    main(ad_args("test", ad_study_dir, root, "--ckpt_path", "last"))
+    return next((root / "ad").glob("v*"))
+
+
+def test_weak_supervision_finds_the_signal_without_signal_labels(ideal_run):
+    """Trained only on data (with 5 % signal) vs background, the ensemble separates signal from
+    background on the truth-labelled test set: well above random, and a fair share of the optimum."""
+    test = json.loads((ideal_run / "metrics.json").read_text())["test"]
+    assert test["auc"] > 0.9  # random: 0.5; the optimal classifier: 0.994
+    assert test["optimal_max_sic"] == pytest.approx(9.0, abs=0.3)  # the toy's own record
+    assert test["max_sic_fraction"] > 0.25  # 4,000 background events: far from the optimum, far above random
+    assert (ideal_run / "plots" / "test" / "sic.png").is_file()
+
+
+def test_every_member_keeps_the_weights_of_its_best_validation_epoch(ideal_run, ad_study_dir):
+    model = WeakClassifier.load_from_checkpoint(ideal_run / "checkpoints" / "last.ckpt")
+    data = WeakSupervisionDataModule(data_dir=str(ad_study_dir), source="real", signal_fraction=0.05, batch_size=500)
+    data.setup("fit")
+    val = data.datasets["val"].head()
+    with torch.no_grad():
+        best_sums, total = model.member_losses(model.best, val)
+        last_sums, _ = model.member_losses(model.net, val)
+    torch.testing.assert_close((best_sums / total).double(), model.best_loss, rtol=1e-5, atol=1e-6)
+    assert bool((last_sums / total >= best_sums / total - 1e-6).all())  # the best is never worse than the last
+    # each member stopped patience (2) epochs after its own best, and the run ended when all had
+    checkpoint = torch.load(ideal_run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["epoch"] < 59 and bool((model.bad_epochs >= 2).all())
+    assert int(model.best_epoch.max()) == checkpoint["epoch"] - 2
