@@ -35,7 +35,7 @@ from lightning.pytorch import Callback
 from callbacks import CaloMetrics
 
 #: Batch keys whose values identify the events of a batch, by data family (first found is used).
-EVENT_KEYS = ("energy", "vertex", "path")
+EVENT_KEYS = ("energy", "vertex", "path", "features")
 
 
 def _floats(metrics: dict) -> dict[str, float]:

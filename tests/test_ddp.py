@@ -361,3 +361,47 @@ def test_every_rank_logs_the_synced_metrics(calo_validate):
     for key in ("val/ks/E_tot", "val/sep/response", "val/neg_elbo", "val/kl"):
         assert rank0[key] == pytest.approx(one[key], rel=1e-6), key
     assert rank0["val/ks/E_tot"] == pytest.approx(calo_validate["ddp"]["metrics_json"]["ks/E_tot"], rel=1e-6)
+
+
+# --- anomaly detection: the classifier ensemble --------------------------------------------------
+@pytest.fixture(scope="module")
+def ad_runs(ad_study_dir, tmp_path_factory) -> dict:
+    """WeakClassifier (3 members) for 3 steps and one validation with AnomalyMetrics: on 2 ranks x
+    batch 250 and in 1 process x batch 500. Validation batch 500 gives each rank its batches."""
+    runs = {}
+    for name, batch, launch in (("ddp", 250, ddp()), ("single", 500, single())):
+        root = tmp_path_factory.mktemp(f"ad_{name}")
+        args = [
+            "fit", "-c", str(ROOT / "tests" / "conf" / "ad_tiny.yaml"),
+            "--data.init_args.data_dir", str(ad_study_dir), "--data.init_args.batch_size", str(batch),
+            "--run.root", str(root), "--run.experiment", "ad",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+            "--trainer.callbacks+=" + PROBE, *launch,
+        ]  # fmt: skip
+        hepgen(args, root) if name == "ddp" else hepgen_here(args, root)
+        run_dir = only_run_dir(root, "ad")
+        runs[name] = {
+            "ranks": [load(p) for p in sorted((run_dir / "probe").glob("fit_rank*.pt"))],
+            "metrics_json": json.loads((run_dir / "metrics.json").read_text())["val"],
+        }
+    return runs
+
+
+def test_classifier_ensemble_under_ddp_equals_one_process(ad_runs):
+    """The ranks stay in sync and reach the weights of one process with twice the batch; the
+    per-member validation losses (early stopping) and the SIC metrics are those of one process."""
+    (rank0, rank1), (one,) = ad_runs["ddp"]["ranks"], ad_runs["single"]["ranks"]
+    assert all(torch.equal(v, rank1["state_dict"][k]) for k, v in rank0["state_dict"].items())
+    for step in range(3):  # the events of one 2B batch, split between the ranks
+        assert torch.equal(torch.cat([rank0["batches"][step], rank1["batches"][step]]).sort(0).values,
+                           one["batches"][step].sort(0).values)  # fmt: skip
+    weights = [k for k, v in one["state_dict"].items() if k.startswith("net.") and v.is_floating_point()]
+    worst = max((one["state_dict"][k] - rank0["state_dict"][k]).abs().max().item() for k in weights)
+    assert worst < WEIGHT_TOLERANCE
+    initial = one["initial_state_dict"]
+    assert max((one["state_dict"][k] - initial[k]).abs().max().item() for k in weights) > 100 * WEIGHT_TOLERANCE
+    torch.testing.assert_close(rank0["state_dict"]["best_loss"], one["state_dict"]["best_loss"], rtol=1e-6, atol=1e-9)
+    assert rank0["metrics"]["val/loss"] == pytest.approx(one["metrics"]["val/loss"], rel=1e-6)
+    assert rank0["metrics"]["val/auc"] == rank1["metrics"]["val/auc"]
+    assert ad_runs["ddp"]["metrics_json"]["auc"] == pytest.approx(ad_runs["single"]["metrics_json"]["auc"], rel=1e-6)
+    assert ad_runs["ddp"]["metrics_json"]["events"] == ad_runs["single"]["metrics_json"]["events"]

@@ -105,9 +105,11 @@ class WeakClassifier(LightningModule):
         return (bce * weight).sum(-1), weight.sum()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        sums, total = self.member_losses(self.net, batch)
-        # each member's mean loss; summing members keeps their gradients independent
-        loss = (sums / total).sum()
+        sums, _ = self.member_losses(self.net, batch)
+        # mean over events of w * BCE (torch's weighted BCE, as the seed): under DDP the mean of
+        # the ranks' means is then exactly the mean of their joint batch. Summing the members
+        # keeps their gradients independent.
+        loss = (sums / len(batch["label"])).sum()
         self.log("train/loss", loss / self.hparams.members, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
