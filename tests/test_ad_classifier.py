@@ -13,7 +13,7 @@ from torch import nn
 from datamodules.anomaly import WeakSupervisionDataModule
 from hepgen.cli import main
 from hepgen.metrics.roc import roc_curve, sic_at_rejection, sic_floor
-from hepgen.models.ad_classifier import WeakClassifier
+from hepgen.models.ad_classifier import TreeClassifier, WeakClassifier
 from hepgen.nn.ensemble import EnsembleMLP
 from tests.conftest import ROOT
 
@@ -127,3 +127,50 @@ def test_every_member_keeps_the_weights_of_its_best_validation_epoch(ideal_run, 
     checkpoint = torch.load(ideal_run / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["epoch"] < 59 and bool((model.bad_epochs >= 2).all())
     assert int(model.best_epoch.max()) == checkpoint["epoch"] - 2
+
+
+# --- the tree option, predict on a file, bad input -------------------------------------------------
+def test_trees_score_the_rows_of_any_file_in_the_lhco_layout_beside_their_labels(lhco_sr_like_dir, tmp_path):
+    """hepgen predict writes (score, label) per row of the given 6-column file, in its order, and
+    never over an earlier output; the scores are those of the trained (checkpointed) trees."""
+    args = [
+        "-c", str(ROOT / "experiments" / "ad" / "supervised_lhco_sr.yaml"), "--model", "TreeClassifier",
+        "--model.init_args.members", "2", "--model.init_args.max_iter", "30",
+        "--data.init_args.data_dir", str(lhco_sr_like_dir), "--data.init_args.lhco_test_background", "1000",
+        "--data.init_args.lhco_test_signal", "500", "--trainer.max_epochs", "1", "--trainer.logger", "false",
+        "--run.root", str(tmp_path), "--run.version", "trees",
+    ]  # fmt: skip
+    main(["fit", *args])
+    main(["test", *args, "--ckpt_path", "last"])
+    run_dir = tmp_path / "ad" / "supervised_lhco_sr" / "trees"
+    assert json.loads((run_dir / "metrics.json").read_text())["test"]["auc"] > 0.95  # Toy R signal vs background
+    rows = np.load(lhco_sr_like_dir / "sr_data_val.npy")[:300]
+    scored = tmp_path / "to_score.npy"
+    np.save(scored, rows)
+    for _ in range(2):
+        main(["predict", *args, "--ckpt_path", "last", "--data.init_args.predict_file", str(scored)])
+    table = np.load(run_dir / "predictions" / "scores.npy")
+    assert np.array_equal(np.load(run_dir / "predictions" / "scores.1.npy"), table)
+    assert table.shape == (300, 2) and np.array_equal(table[:, 1], rows[:, -1])
+    model = TreeClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    expected = model.score(torch.as_tensor(rows[:, 1:5], dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(table[:, 0], expected, rtol=1e-6)
+    assert len(model.trees) == 2 and table[rows[:, -1] == 1, 0].mean() > table[rows[:, -1] == 0, 0].mean() + 0.5
+
+
+def test_a_signal_region_without_events_is_one_line_naming_the_file(tmp_path):
+    from hepgen.io import DataFileError
+
+    rng = np.random.default_rng(0)
+    events = lambda n: rng.normal(size=(n, 6))  # noqa: E731
+    np.savez(tmp_path / "mc_events.npz", mc_events_cr=events(50), mc_events_sr=events(20))
+    np.savez(tmp_path / "ideal_bkg_events.npz", ideal_bkg_events_cr=events(50), ideal_bkg_events_sr=events(20))
+    (tmp_path / "seed1").mkdir()
+    np.savez(tmp_path / "seed1" / "data_0.01.npz", data_events_cr=events(50), data_events_sr=events(0), sig_percent=0.01)
+    for name in ("test_SR", "fullsup_SR"):
+        np.savez(tmp_path / f"{name}.npz", bkg_events_SR=events(30), sig_events_SR=events(10))
+    data = WeakSupervisionDataModule(data_dir=str(tmp_path), source="real", signal_fraction=0.01)
+    with pytest.raises(DataFileError) as error:
+        data.setup("fit")
+    message = str(error.value)
+    assert str(tmp_path) in message and "label-1 (data or signal) sample" in message and "\n" not in message
