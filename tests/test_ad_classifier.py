@@ -156,6 +156,9 @@ def test_trees_score_the_rows_of_any_file_in_the_lhco_layout_beside_their_labels
     expected = model.score(torch.as_tensor(rows[:, 1:5], dtype=torch.float32)).numpy()
     np.testing.assert_allclose(table[:, 0], expected, rtol=1e-6)
     assert len(model.trees) == 2 and table[rows[:, -1] == 1, 0].mean() > table[rows[:, -1] == 0, 0].mean() + 0.5
+    # an ensemble, not two copies: each member early-stops on its own random half of the events
+    first, second = (tree.predict_proba(rows[:, 1:5])[:, 1] for tree in model.trees)
+    assert np.abs(first - second).max() > 1e-3
 
 
 def test_a_signal_region_without_events_is_one_line_naming_the_file(tmp_path):
