@@ -1,7 +1,7 @@
 """Callbacks: physics metrics (one per metric family), writers, and run plumbing."""
 
 from callbacks.aidapt import AIDAPTMetrics, AIDAPTWriter, GANMonitor
-from callbacks.anomaly import AnomalyMetrics, AnomalyScoreWriter
+from callbacks.anomaly import AnomalyMetrics, AnomalyScoreWriter, ReweightTemplateWriter, TemplateWriter
 from callbacks.base import PhysicsMetric
 from callbacks.calo import CaloGANWriter, CaloMetrics
 from callbacks.calochallenge import CaloChallengeMetrics, CaloChallengeWriter
@@ -22,4 +22,6 @@ __all__ = [
     "PathWriter",
     "PhysicsMetric",
     "RNGStateCheckpoint",
+    "ReweightTemplateWriter",
+    "TemplateWriter",
 ]

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from callbacks.base import ScoreMetric, _concat, gather_predictions
 from hepgen.io.files import write_atomically
+from hepgen.run import next_free_path
 from hepgen.metrics.roc import auc, max_sic, roc_curve, sic_at_rejection, sic_floor
 
 
@@ -85,9 +86,78 @@ class AnomalyScoreWriter(BasePredictionWriter):
             return
         order = np.argsort(local["row"], kind="stable")  # DDP ranks score interleaved batches
         table = np.c_[local["score"][order], local["label"][order]].astype(np.float64)
-        out = Path(trainer.default_root_dir) / "predictions"
-        path, n = out / "scores.npy", 0
-        while path.exists():
-            n += 1
-            path = out / f"scores.{n}.npy"
+        path = next_free_path(Path(trainer.default_root_dir) / "predictions" / "scores.npy")
         write_atomically(path, partial(np.save, arr=table))
+
+
+def write_template(trainer, samples: np.ndarray, weights: np.ndarray, filename: str = "template.npz") -> Path:
+    """``<run dir>/predictions/<filename>`` with ``samples`` (N, C + D) and ``weights`` (N,), float64.
+
+    The layout :func:`hepgen.io.anomaly.read_template` reads and the signal-region classifier
+    takes as ``method: template``; an existing file gets the next free suffix (``template.1.npz``).
+    """
+    path = next_free_path(Path(trainer.default_root_dir) / "predictions" / filename)
+    samples, weights = np.asarray(samples, np.float64), np.asarray(weights, np.float64)
+    return write_atomically(path, partial(np.savez, samples=samples, weights=weights))
+
+
+class TemplateWriter(BasePredictionWriter):
+    """Write a density method's (Generate's) ``predict`` samples as a background template.
+
+    Predict outputs are dicts with ``samples`` (rows [context, features], physical units),
+    ``weight`` (one per sample: its context's weight, 1 without context weights) and ``row`` (the
+    context's index), as :meth:`hepgen.models.ad_generate.ConditionalFlow.predict_step` returns.
+    The file (:func:`write_template`) keeps the contexts in the order of the predict data and
+    the k samples of each context together (row n k + j: context n, its j-th sample).
+
+    Args:
+        filename: the file's name in ``predictions/``.
+    """
+
+    def __init__(self, filename: str = "template.npz") -> None:
+        super().__init__(write_interval="epoch")
+        if not filename.endswith(".npz"):
+            raise ValueError(f"TemplateWriter filename={filename!r}: a template is an .npz file.")
+        self.filename = filename
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        local = gather_predictions(trainer, predictions, ("samples", "weight", "row"))
+        if local is None:
+            return
+        # DDP ranks sample interleaved batches; a stable sort keeps each context's copies in order
+        order = np.argsort(local["row"], kind="stable")
+        write_template(trainer, local["samples"][order], local["weight"][order], self.filename)
+
+
+class ReweightTemplateWriter(BasePredictionWriter):
+    """Turn a data-vs-MC classifier's scores on MC events into a weighted background template.
+
+    With equal class totals in training the classifier output f estimates p_data/(p_data + p_MC),
+    so w = f / (1 - f) is the density ratio p_data / p_MC (f is clipped to [1e-6, 1 - 1e-6]).
+    As in the seed, weights above mean + ``crop_sigma`` standard deviations are set to 0: a few
+    events with huge weights would otherwise make the template's statistics those of a handful of
+    events. Writes ``<run dir>/predictions/template.npz`` (``samples``: the scored MC rows in their
+    order, physical units; ``weights``) with :func:`write_template`.
+
+    Args:
+        crop_sigma: the cut, in standard deviations above the mean weight (``None``: no cut).
+    """
+
+    def __init__(self, crop_sigma: float | None = 3.0) -> None:
+        super().__init__(write_interval="epoch")
+        self.crop_sigma = crop_sigma
+
+    def weights(self, score: np.ndarray) -> np.ndarray:
+        """(N,) classifier outputs f -> (N,) weights f / (1 - f), cropped."""
+        f = np.clip(score.astype(np.float64), 1e-6, 1 - 1e-6)
+        w = f / (1 - f)
+        if self.crop_sigma is not None:
+            w[w > w.mean() + self.crop_sigma * w.std()] = 0.0
+        return w
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        local = gather_predictions(trainer, predictions, ("score", "rows", "row"))
+        if local is None:
+            return
+        order = np.argsort(local["row"], kind="stable")
+        write_template(trainer, local["rows"][order], self.weights(local["score"][order]))

@@ -1,5 +1,6 @@
 """Datamodules: one LightningDataModule per data family."""
 
+from datamodules.ad_regions import RegionDataModule
 from datamodules.aidapt import AIDAPTDataModule
 from datamodules.anomaly import WeakSupervisionDataModule
 from datamodules.base import HepDataModule
@@ -9,5 +10,5 @@ from datamodules.timeseries import CSVSeriesDataModule, OUDataModule, Trajectory
 
 __all__ = [
     "AIDAPTDataModule", "CSVSeriesDataModule", "CaloChallengeDataModule", "CaloGANDataModule", "HepDataModule",
-    "OUDataModule", "TrajectoryDataModule", "WeakSupervisionDataModule",
+    "OUDataModule", "RegionDataModule", "TrajectoryDataModule", "WeakSupervisionDataModule",
 ]  # fmt: skip

@@ -11,6 +11,14 @@ labels, SR signal (1) vs SR background (0). What differs is the reference:
   ``.npz`` with ``samples`` (N, D) rows (context then features, as the data) and optional
   ``weights`` (N,).
 
+One more task uses the same classifier outside the SR: ``reweight`` (SALAD, and the context
+weights of Generate and Morph) tells data (1) from the simulation, MC (0), in the control region;
+with equal class totals its output f gives w = f / (1 - f) = p_data / p_MC, which ``hepgen
+predict`` evaluates on the MC in the signal region to make a weighted template
+(:class:`callbacks.anomaly.ReweightTemplateWriter`). Its test set is 10 % of the control region
+held out (data vs MC: an AUC near 0.5 after reweighting would mean the classifier has nothing left
+to learn, it is a diagnostic, not a signal metric).
+
 Two layouts are read:
 
 * ``study``: the seed's folder (hep-lbdl/non-resonant-AD-extrapolation, final era), which
@@ -45,7 +53,9 @@ from hepgen.errors import ConfigValueError
 from hepgen.io import DataFileError
 from hepgen.io.anomaly import AD_COLUMNS, data_file_name, read_cathode_npy, read_npz_arrays, read_seed_study, read_template
 
-METHODS = ("ideal", "supervised", "template")
+METHODS = ("ideal", "supervised", "template", "reweight")
+#: What the classifier sees of a row: the features, the context, or both.
+INPUTS = ("features", "context", "all")
 LAYOUTS = ("study", "lhco_sr")
 #: The CATHODE-style signal-region files and what each holds.
 LHCO_SR_FILES = ("sr_data_train.npy", "sr_data_val.npy", "sr_signal.npy")
@@ -53,6 +63,43 @@ LHCO_SR_FILES = ("sr_data_train.npy", "sr_data_val.npy", "sr_signal.npy")
 TOY_RECORD = "ad_toy.json"
 #: Context columns of each toy: Toy NR (c1, c2), Toy R (m).
 TOY_CONTEXT = {"nr": 2, "r": 1}
+
+
+def make_toy_study(
+    folder: Path, missing: list[Path], kind: str, events: int, noise_features: int,
+    signal_fraction: float, injection_seed: int, seed: int,
+) -> None:
+    """``source: made`` of a study folder: a toy study with the one injection ``seed{g}/data_{s}.npz``.
+
+    Every datamodule that reads a study (the SR classifier, the region density estimators) makes
+    it through here, so two configs with the same settings share one folder. A folder that already
+    holds a made study (its ``ad_toy.json``) is never added to: the missing file was made with
+    other fractions or seeds, and a second :func:`make_ad_toy` would refuse its existing files.
+
+    Raises:
+        DataFileError: the folder holds a made study without ``missing[0]``.
+    """
+    from hepgen.synth.ad_toy import make_ad_toy
+
+    if (folder / TOY_RECORD).is_file():
+        raise DataFileError(
+            f"{missing[0]} is missing from the made study in {folder}: it was made with other signal "
+            f"fractions or seeds. Make a study that has it (hepgen data make ad_toy --signal-fractions "
+            f"{signal_fraction} --seeds {injection_seed} --out NEW_DIR) and point data.data_dir there."
+        )
+    make_ad_toy(
+        folder, kind=kind, events=events, noise_features=noise_features,
+        signal_fractions=(signal_fraction,), seeds=(injection_seed,), seed=seed,
+    )  # fmt: skip
+
+
+def check_toy_study_file(folder: Path, path: Path) -> None:
+    """Raise unless ``folder``, which holds ``path``, is a hepgen-made study (has ``ad_toy.json``)."""
+    if not (folder / TOY_RECORD).is_file():
+        raise DataFileError(
+            f"{folder} holds {path.name} but no {TOY_RECORD}: it is not a hepgen-made study, and made "
+            "data never mixes with other files. Use source: real for it, or another data_dir."
+        )
 
 
 def equalise_classes(label: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -70,22 +117,22 @@ def equalise_classes(label: np.ndarray, weight: np.ndarray) -> np.ndarray:
 class WeakSupervisionDataModule(HepDataModule):
     """SR "data vs background reference" for training, SR "signal vs background" for test.
 
-    Batches: ``features`` (B, F) float32 (features, and the context first when
-    ``use_context``), ``label`` (B,) float32 (train/val: 1 data or signal, 0 reference; test:
+    Batches: ``features`` (B, F) float32 (the ``inputs`` columns of the rows), ``label`` (B,) float32 (train/val: 1 data or signal, 0 reference; test:
     the truth, 1 signal), ``weight`` (B,) float32.
 
     Args:
         data_dir: the study folder (``layout: study``) or the folder of the ``.npy`` files.
         source: ``real`` (files must exist) or ``made`` (``study`` only: hepgen makes a toy study).
         layout: ``study`` or ``lhco_sr`` (see the module docstring).
-        method: ``ideal``, ``supervised`` or ``template``.
+        method: ``ideal``, ``supervised``, ``template`` or ``reweight`` (see the module docstring).
         signal_fraction: the injected signal fraction s of the study's ``data_{s}.npz``.
         injection_seed: g of ``seed{g}/``.
         template: ``.npz`` with the background template (``method: template``).
         context_columns: leading context columns of the study's rows (made studies record it;
             the seed's physics files: 2, HT and MET).
-        use_context: give the classifier the context too (the seed's toy era did; its physics
-            runs and CATHODE use the features only).
+        inputs: what the classifier sees: ``features`` (the SR classifier of the seed's physics runs
+            and of CATHODE), ``all`` (context and features: the seed's toy era, and its Reweight
+            classifier) or ``context`` (the context weights).
         toy_kind: the toy a ``made`` study holds (``nr`` or ``r``).
         made_noise_features: extra N(0, 1) features of a ``made`` study (robustness).
         max_train_events: at most this many events of the training pool (a seeded subsample).
@@ -112,7 +159,7 @@ class WeakSupervisionDataModule(HepDataModule):
         injection_seed: int = 1,
         template: str | None = None,
         context_columns: int = 2,
-        use_context: bool = False,
+        inputs: str = "features",
         toy_kind: str = "nr",
         made_noise_features: int = 0,
         max_train_events: int | None = None,
@@ -133,6 +180,10 @@ class WeakSupervisionDataModule(HepDataModule):
             raise ConfigValueError(f"data.layout={layout!r}: choose one of {', '.join(LAYOUTS)}.")
         if method not in METHODS:
             raise ConfigValueError(f"data.method={method!r}: choose one of {', '.join(METHODS)}.")
+        if inputs not in INPUTS:
+            raise ConfigValueError(f"data.inputs={inputs!r}: choose one of {', '.join(INPUTS)}.")
+        if method == "reweight" and layout != "study":
+            raise ConfigValueError("data.method=reweight needs the MC sample of a study (layout: study).")
         if method == "template" and template is None:
             raise ConfigValueError("data.method=template needs data.template: the .npz of a background template.")
         if layout == "lhco_sr" and source == "made":
@@ -145,7 +196,7 @@ class WeakSupervisionDataModule(HepDataModule):
         self.injection_seed = injection_seed
         self.template = template
         self.context_columns = context_columns
-        self.use_context = use_context
+        self.inputs = inputs
         if toy_kind not in TOY_CONTEXT:
             raise ConfigValueError(f"data.toy_kind={toy_kind!r}: choose nr (non-resonant) or r (resonant).")
         self.toy_kind = toy_kind
@@ -175,30 +226,13 @@ class WeakSupervisionDataModule(HepDataModule):
         return files
 
     def make_files(self, missing: list[Path]) -> None:
-        from hepgen.synth.ad_toy import make_ad_toy
-
-        if (self.data_dir / TOY_RECORD).is_file():
-            raise DataFileError(
-                f"{missing[0]} is missing from the made study in {self.data_dir}: it was made with other signal "
-                f"fractions or seeds. Make a study that has it (hepgen data make ad_toy --signal-fractions "
-                f"{self.signal_fraction} --seeds {self.injection_seed} --out NEW_DIR) and point data.data_dir there."
-            )
-        make_ad_toy(
-            self.data_dir,
-            kind=self.toy_kind,
-            events=self.made_events,
-            noise_features=self.made_noise_features,
-            signal_fractions=(self.signal_fraction,),
-            seeds=(self.injection_seed,),
-            seed=self.made_seed,
-        )
+        make_toy_study(
+            self.data_dir, missing, self.toy_kind, self.made_events, self.made_noise_features,
+            self.signal_fraction, self.injection_seed, self.made_seed,
+        )  # fmt: skip
 
     def check_made_file(self, path: Path) -> None:
-        if not (self.data_dir / TOY_RECORD).is_file():
-            raise DataFileError(
-                f"{self.data_dir} holds {path.name} but no {TOY_RECORD}: it is not a hepgen-made study, and made "
-                "data never mixes with other files. Use source: real for it, or another data_dir."
-            )
+        check_toy_study_file(self.data_dir, path)
 
     @property
     def toy_record(self) -> dict | None:
@@ -213,7 +247,9 @@ class WeakSupervisionDataModule(HepDataModule):
         record = self.toy_record
         if record is None:
             return None
-        entry = record["optimal"].get("features_and_context" if self.use_context else "features")
+        if self.method == "reweight" or self.inputs == "context":
+            return None
+        entry = record["optimal"].get("features_and_context" if self.inputs == "all" else "features")
         return None if entry is None else float(entry["max_sic"])
 
     # --- events --------------------------------------------------------------------------------
@@ -227,12 +263,14 @@ class WeakSupervisionDataModule(HepDataModule):
         return TOY_CONTEXT[self.toy_kind] if self.source == "made" else self.context_columns
 
     def _columns(self, rows: np.ndarray) -> np.ndarray:
-        """The classifier's inputs of (N, C + D) rows: the features, after the context if used."""
-        return rows if self.use_context else rows[:, self.n_context :]
+        """The classifier's inputs of (N, C + D) rows (``inputs``: features, context or all)."""
+        return {"features": rows[:, self.n_context :], "context": rows[:, : self.n_context], "all": rows}[self.inputs]
 
     def _study_pools(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(label-1 rows, label-0 rows, label-0 weights, test rows with truth in the last column)."""
         study = read_seed_study(self.data_dir, self.signal_fraction, self.injection_seed)
+        if self.method == "reweight":
+            return self._control_region_pools(study)
         if self.method == "supervised":
             ones, zeros = study["fullsup_sig"], study["fullsup_bkg"]
             weights = np.ones(len(zeros))
@@ -249,6 +287,14 @@ class WeakSupervisionDataModule(HepDataModule):
             ]
         )
         return ones, zeros, weights, test
+
+    def _control_region_pools(self, study: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Reweight: data (1) vs MC (0) in the control region; 10 % of each held out as the test set."""
+        rng = np.random.default_rng(self.split_seed + 3)
+        data, mc = (study[k][rng.permutation(len(study[k]))] for k in ("data_cr", "mc_cr"))
+        n_data, n_mc = len(data) // 10, len(mc) // 10
+        test = np.concatenate([np.c_[data[:n_data], np.ones(n_data)], np.c_[mc[:n_mc], np.zeros(n_mc)]])
+        return data[n_data:], mc[n_mc:], np.ones(len(mc) - n_mc), test
 
     def _template(self, columns: int) -> tuple[np.ndarray, np.ndarray]:
         return read_template(self.template, columns)
@@ -281,7 +327,7 @@ class WeakSupervisionDataModule(HepDataModule):
         for name, rows in (("label-1 (data or signal)", ones), ("label-0 (background reference)", zeros)):
             if len(rows) == 0:
                 raise DataFileError(
-                    f"{where}: the {name} sample of method {self.method} has no events in the signal region; "
+                    f"{where}: the {name} sample of method {self.method} has no events in its region; "
                     "check the region cuts, the signal fraction and the files."
                 )
         label = np.r_[np.ones(len(ones)), np.zeros(len(zeros))]
@@ -319,12 +365,24 @@ class WeakSupervisionDataModule(HepDataModule):
             columns = TOY_CONTEXT[self.toy_kind] + 4 + self.made_noise_features
         else:
             raise DataFileError(f"data file not found: {self.data_dir / 'test_SR.npz'}. {self.download_hint}")
-        return columns if self.use_context else columns - self.n_context
+        return {"features": columns - self.n_context, "context": self.n_context, "all": columns}[self.inputs]
 
     # --- predict: scores for the rows of a file, in its order -------------------------------
     def predict_dataloader(self) -> DataLoader:
-        """``predict_file`` (or the test split) with ``row``, each event's row in it, for the writer."""
-        if self.predict_file is None:
+        """``predict_file`` (or the test split) with ``row``, each event's row in it, for the writer.
+
+        For ``method: reweight`` it is the MC sample in the signal region, whole rows included
+        (``rows``, physical units), which the template writer weights by f / (1 - f).
+        """
+        if self.method == "reweight":
+            mc_sr = read_seed_study(self.data_dir, self.signal_fraction, self.injection_seed)["mc_sr"]
+            events = {
+                "features": torch.as_tensor(self._columns(mc_sr), dtype=torch.float32),
+                "label": torch.zeros(len(mc_sr)),
+                "weight": torch.ones(len(mc_sr)),
+                "rows": torch.as_tensor(mc_sr, dtype=torch.float64),
+            }
+        elif self.predict_file is None:
             self.setup("test")
             dataset = self.datasets["test"]
             events = dataset.head()

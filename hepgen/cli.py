@@ -183,6 +183,7 @@ class HepgenCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.t_size", compute_fn=_series_length, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.layer_shapes", compute_fn=_layer_shapes, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.n_features", compute_fn=_n_features, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.n_context", compute_fn=_n_context, apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would merge a checkpoint file's saved model arguments into the config. In
@@ -296,6 +297,11 @@ def _series_channels(data) -> int | None:
 def _n_features(data) -> int | None:
     """Inputs F per event of a tabular datamodule (``None`` for other data; classifiers link it)."""
     return getattr(data, "n_features", None)
+
+
+def _n_context(data) -> int | None:
+    """Context columns C per event of a tabular datamodule (``None`` for other data; conditional flows link it)."""
+    return getattr(data, "n_context", None)
 
 
 def _series_length(data) -> int | None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from callbacks.anomaly import ReweightTemplateWriter
 from datamodules.anomaly import WeakSupervisionDataModule
 from hepgen.cli import main
 from hepgen.metrics.roc import roc_curve, sic_at_rejection, sic_floor
@@ -177,3 +178,46 @@ def test_a_signal_region_without_events_is_one_line_naming_the_file(tmp_path):
         data.setup("fit")
     message = str(error.value)
     assert str(tmp_path) in message and "label-1 (data or signal) sample" in message and "\n" not in message
+
+
+# --- Reweight ------------------------------------------------------------------------------------
+def test_weights_of_a_perfect_classifier_recover_the_known_data_mc_weight():
+    """f = p_data / (p_data + p_MC) (a perfect classifier with equal class totals) gives back the
+    toy's exact weight p_data / p_MC; the seed's crop then zeroes exactly the weights above mean + 3 sigma."""
+    from hepgen.synth.ad_toy import make_toy
+
+    toy = make_toy("nr")
+    mc = toy.sample_mc(20_000, np.random.default_rng(3))
+    log_w = toy.log_data_mc_weight(mc)
+    f = 1.0 / (1.0 + np.exp(-log_w))
+    np.testing.assert_allclose(ReweightTemplateWriter(crop_sigma=None).weights(f), np.exp(log_w), rtol=1e-6)
+    # the crop: 1,000 weights near 1 and one outlier at 50; only the outlier is above mean + 3 sigma
+    w = np.r_[np.linspace(0.5, 1.5, 1000), 50.0]
+    cropped = ReweightTemplateWriter(crop_sigma=3.0).weights(w / (1 + w))
+    np.testing.assert_allclose(cropped, np.r_[w[:-1], 0.0], rtol=1e-6)
+
+
+def test_reweighting_moves_the_mc_onto_the_data_in_the_control_region(ad_study_dir, tmp_path):
+    """The Reweight classifier (data vs MC in the CR, context and features) gives MC weights under
+    which held-out MC matches the data: the context variance (1.2^2 in the MC, 1 in the data)
+    comes back to the data's."""
+    args = ad_args(
+        "fit", ad_study_dir, tmp_path, "--data.init_args.method", "reweight", "--data.init_args.inputs", "all",
+        "--trainer.max_epochs", "12", "--model.init_args.hidden", "[32, 32]", "--data.init_args.max_train_events", "20000",
+    )  # fmt: skip
+    main(args)
+    model = WeakClassifier.load_from_checkpoint(next((tmp_path / "ad").glob("v*")) / "checkpoints" / "last.ckpt")
+    data = WeakSupervisionDataModule(
+        data_dir=str(ad_study_dir), source="real", signal_fraction=0.05, method="reweight", inputs="all"
+    )
+    data.setup("test")
+    test = data.datasets["test"].head()  # held-out CR: data (1) and MC (0)
+    mc = test["features"][test["label"] == 0]
+    w = torch.as_tensor(ReweightTemplateWriter(crop_sigma=None).weights(model.score(mc).numpy()))
+    context = mc[:, :2].double()
+    data_var = test["features"][test["label"] == 1][:, :2].double().var(0)  # held-out data in the CR
+    raw_var = context.var(0)
+    weighted_var = (w[:, None] * (context - (w[:, None] * context).sum(0) / w.sum()) ** 2).sum(0) / w.sum()
+    assert bool((raw_var - data_var > 0.3).all())  # the MC's wider context (1.2^2 before the SR cut)
+    # most of the gap closes (a perfect classifier closes all of it, up to ~0.04 statistics here)
+    assert bool(((weighted_var - data_var).abs() < 0.4 * (raw_var - data_var)).all()), (weighted_var, data_var)

@@ -53,7 +53,17 @@ def _data_overrides(config: Path, request) -> tuple[list[str], str]:
             return ["--data.init_args.data_dir", str(folder), *sizes, *ensemble], "predictions/scores.npy"
         folder = request.getfixturevalue("ad_study_dir")
         study = ["--data.init_args.source", "real", "--data.init_args.signal_fraction", "0.05"]
-        return ["--data.init_args.data_dir", str(folder), *study, *ensemble], "predictions/scores.npy"
+        written = "predictions/template.npz" if spec["data"]["init_args"]["method"] == "reweight" else "predictions/scores.npy"
+        return ["--data.init_args.data_dir", str(folder), *study, *ensemble], written
+    if data_class == "RegionDataModule":
+        sizes = ["--data.init_args.max_events", "2000", "--data.init_args.predict_events", "64"]
+        if spec["data"]["init_args"].get("toy_kind") == "r":
+            folder = request.getfixturevalue("tmp_path_factory").mktemp("ad_toy_r") / "study"
+            made = ["--data.init_args.source", "made", "--data.init_args.made_events", "3000"]
+        else:
+            folder = request.getfixturevalue("ad_study_dir")
+            made = ["--data.init_args.source", "real", "--data.init_args.signal_fraction", "0.05"]
+        return ["--data.init_args.data_dir", str(folder), *made, *sizes], "predictions/template*.npz"
     # time series: few, short paths; real-data configs read made files in the real format
     series = ["--data.init_args.batch_size", "16", "--model.init_args.swa_start", "0"]
     if data_class == "OUDataModule":

@@ -1,8 +1,9 @@
 """Methods: one LightningModule per method."""
 
 from hepgen.models.ad_classifier import TreeClassifier, WeakClassifier
+from hepgen.models.ad_generate import ConditionalFlow
 from hepgen.models.aidapt import FoldingGAN, UnfoldingGAN
 from hepgen.models.calo_vae import CaloVAE
 from hepgen.models.sde_gan import SDEGAN
 
-__all__ = ["CaloVAE", "FoldingGAN", "SDEGAN", "TreeClassifier", "UnfoldingGAN", "WeakClassifier"]
+__all__ = ["CaloVAE", "ConditionalFlow", "FoldingGAN", "SDEGAN", "TreeClassifier", "UnfoldingGAN", "WeakClassifier"]
