@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,12 @@ def _clean_env(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     for var in ("WANDB_API_KEY", "HEPGEN_RUN_DIR", "SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_RESTART_COUNT"):
         monkeypatch.delenv(var, raising=False)
+    yield
+    # W&B keeps a process-wide setup from its first run: after a run with WANDB_MODE=disabled, a
+    # later offline run in the same process wrote no offline-run folder. Start each test afresh.
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        wandb.teardown()
 
 
 @pytest.fixture(scope="session")
