@@ -18,21 +18,22 @@ datamodule serves one such sample of the seed's study layout (:func:`hepgen.io.a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.anomaly import TOY_CONTEXT, TOY_RECORD, check_toy_study_file, make_toy_study
+from datamodules.anomaly import (
+    TOY_CONTEXT, check_toy_study_file, make_toy_study, study_columns, study_context_columns, study_files,
+)
 from datamodules.base import HepDataModule, _already_batched
 from datamodules.datasets import ArrayDictDataset
 from datamodules.samplers import EvaluationSampler
 from datamodules.splits import split_indices
 from hepgen.errors import ConfigValueError
 from hepgen.io import DataFileError
-from hepgen.io.anomaly import STUDY_EVENTS, data_file_name, read_npz_arrays, read_seed_study
+from hepgen.io.anomaly import STUDY_EVENTS, read_seed_study
 
 SAMPLES = ("data", "mc", "ideal")
 REGIONS = ("cr", "sr")
@@ -184,11 +185,7 @@ class RegionDataModule(HepDataModule):
 
     # --- files -------------------------------------------------------------------------------
     def required_files(self) -> list[Path]:
-        d = self.data_dir
-        files = [d / "mc_events.npz", d / "ideal_bkg_events.npz",
-                 d / f"seed{self.injection_seed}" / data_file_name(self.signal_fraction),
-                 d / "test_SR.npz", d / "fullsup_SR.npz"]  # fmt: skip
-        return [*files, d / TOY_RECORD] if self.source == "made" else files
+        return study_files(self.data_dir, self.signal_fraction, self.injection_seed, self.source == "made")
 
     def make_files(self, missing: list[Path]) -> None:
         make_toy_study(
@@ -203,22 +200,15 @@ class RegionDataModule(HepDataModule):
     @property
     def n_context(self) -> int:
         """C, the context columns."""
-        record = self.data_dir / TOY_RECORD
-        if record.is_file():
-            return int(json.loads(record.read_text())["n_context"])
-        return TOY_CONTEXT[self.toy_kind] if self.source == "made" else self.context_columns
+        return study_context_columns(self.data_dir, self.toy_kind, self.source == "made", self.context_columns)
 
     @property
     def n_features(self) -> int:
         """D, the feature columns after the context."""
-        test = self.data_dir / "test_SR.npz"
-        if test.is_file():
-            columns = read_npz_arrays(test, ["bkg_events_SR"])["bkg_events_SR"].shape[1]
-        elif self.source == "made":
-            columns = TOY_CONTEXT[self.toy_kind] + 4 + self.made_noise_features
-        else:
-            raise DataFileError(f"data file not found: {test}. {self.download_hint}")
+        made = self.source == "made"
+        columns = study_columns(self.data_dir, self.toy_kind, made, self.made_noise_features, self.download_hint)
         if columns <= self.n_context:
+            test = self.data_dir / "test_SR.npz"
             raise DataFileError(f"{test}: {columns} columns leave no features after {self.n_context} context columns.")
         return columns - self.n_context
 

@@ -102,6 +102,36 @@ def check_toy_study_file(folder: Path, path: Path) -> None:
         )
 
 
+def study_files(folder: Path, signal_fraction: float, injection_seed: int, made: bool) -> list[Path]:
+    """The files of the seed's study layout that one injection (s, g) reads (and the made record)."""
+    files = [
+        folder / "mc_events.npz",
+        folder / "ideal_bkg_events.npz",
+        folder / f"seed{injection_seed}" / data_file_name(signal_fraction),
+        folder / "test_SR.npz",
+        folder / "fullsup_SR.npz",
+    ]
+    return [*files, folder / TOY_RECORD] if made else files
+
+
+def study_context_columns(folder: Path, toy_kind: str, made: bool, context_columns: int) -> int:
+    """C of a study: from its made record, else the made toy's, else the configured ``context_columns``."""
+    record = folder / TOY_RECORD
+    if record.is_file():
+        return int(json.loads(record.read_text())["n_context"])
+    return TOY_CONTEXT[toy_kind] if made else context_columns
+
+
+def study_columns(folder: Path, toy_kind: str, made: bool, noise_features: int, hint: str) -> int:
+    """C + D of a study's rows, known before a ``made`` study is written (the CLI links it early)."""
+    test = folder / "test_SR.npz"
+    if test.is_file():
+        return read_npz_arrays(test, ["bkg_events_SR"])["bkg_events_SR"].shape[1]
+    if made:
+        return TOY_CONTEXT[toy_kind] + 4 + noise_features
+    raise DataFileError(f"data file not found: {test}. {hint}")
+
+
 def equalise_classes(label: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Weights rescaled so that each class sums to half the number of events (N/2 each)."""
     weight = weight.astype(np.float64).copy()
@@ -214,16 +244,7 @@ class WeakSupervisionDataModule(HepDataModule):
         d = self.data_dir
         if self.layout == "lhco_sr":
             return [d / name for name in LHCO_SR_FILES]
-        files = [
-            d / "mc_events.npz",
-            d / "ideal_bkg_events.npz",
-            d / f"seed{self.injection_seed}" / data_file_name(self.signal_fraction),
-            d / "test_SR.npz",
-            d / "fullsup_SR.npz",
-        ]
-        if self.source == "made":
-            files.append(d / TOY_RECORD)
-        return files
+        return study_files(d, self.signal_fraction, self.injection_seed, self.source == "made")
 
     def make_files(self, missing: list[Path]) -> None:
         make_toy_study(
@@ -257,10 +278,7 @@ class WeakSupervisionDataModule(HepDataModule):
     def n_context(self) -> int:
         if self.layout == "lhco_sr":
             return 1  # m_jj
-        record = self.toy_record
-        if record:
-            return int(record["n_context"])
-        return TOY_CONTEXT[self.toy_kind] if self.source == "made" else self.context_columns
+        return study_context_columns(self.data_dir, self.toy_kind, self.source == "made", self.context_columns)
 
     def _columns(self, rows: np.ndarray) -> np.ndarray:
         """The classifier's inputs of (N, C + D) rows (``inputs``: features, context or all)."""
@@ -359,12 +377,9 @@ class WeakSupervisionDataModule(HepDataModule):
         """F, the classifier's inputs: known before the files are read (the CLI links it into the model)."""
         if self.layout == "lhco_sr":
             columns = len(AD_COLUMNS) - 1  # m_jj and the 4 features; the label is not an input
-        elif (self.data_dir / "test_SR.npz").is_file():
-            columns = read_npz_arrays(self.data_dir / "test_SR.npz", ["bkg_events_SR"])["bkg_events_SR"].shape[1]
-        elif self.source == "made":
-            columns = TOY_CONTEXT[self.toy_kind] + 4 + self.made_noise_features
         else:
-            raise DataFileError(f"data file not found: {self.data_dir / 'test_SR.npz'}. {self.download_hint}")
+            made = self.source == "made"
+            columns = study_columns(self.data_dir, self.toy_kind, made, self.made_noise_features, self.download_hint)
         return {"features": columns - self.n_context, "context": self.n_context, "all": columns}[self.inputs]
 
     # --- predict: scores for the rows of a file, in its order -------------------------------
