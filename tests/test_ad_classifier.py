@@ -221,3 +221,12 @@ def test_reweighting_moves_the_mc_onto_the_data_in_the_control_region(ad_study_d
     assert bool((raw_var - data_var > 0.3).all())  # the MC's wider context (1.2^2 before the SR cut)
     # most of the gap closes (a perfect classifier closes all of it, up to ~0.04 statistics here)
     assert bool(((weighted_var - data_var).abs() < 0.4 * (raw_var - data_var)).all()), (weighted_var, data_var)
+
+
+def test_the_classes_weigh_the_same_as_in_the_seed():
+    from datamodules.anomaly import equalise_classes
+
+    label = np.r_[np.ones(30), np.zeros(10)]
+    weight = equalise_classes(label, np.r_[np.ones(30), np.linspace(1.0, 3.0, 10)])
+    assert weight[label == 1].sum() == pytest.approx(20.0) and weight[label == 0].sum() == pytest.approx(20.0)
+    assert weight[-1] / weight[30] == pytest.approx(3.0)  # the template's own weights keep their ratios
