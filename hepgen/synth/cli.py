@@ -64,6 +64,19 @@ def _make_ad_toy(out, events, seed, kind, signal_fractions, seeds, noise_feature
     )
 
 
+def _make_sphenix(out, events, seed, centrality, progress=True):
+    from hepgen.synth.sphenix import make_sphenix
+
+    return make_sphenix(out, events=events, seed=seed, centrality=tuple(centrality), progress=progress)
+
+
+def _make_toy_mix(out, events, seed, size, progress=True):
+    from hepgen.synth.toy_mix import make_toy_mix
+
+    written = make_toy_mix(out, events=events, seed=seed, size=size, progress=progress)
+    return sorted({p.parent for p in written if p.suffix == ".png"}) + [p for p in written if p.suffix == ".json"]
+
+
 MADE_DATASETS: dict[str, MadeDataset] = {
     "calogan": MadeDataset(
         "Calorimeter showers in the CaloGAN HDF5 format (<particle>.hdf5: layer_0/1/2 in MeV, "
@@ -123,6 +136,26 @@ MADE_DATASETS: dict[str, MadeDataset] = {
                                  "help": "extra N(0, 1) columns carrying no information (default 0)"},
         },
         events=100_000,
+    ),
+    "sphenix": MadeDataset(
+        "sPHENIX calorimeter events in the UVCGAN-S layout (Zenodo 17783990): train/{background,signal,embed}.h5, "
+        "val/embed.h5, test/embed.h5, dataset data (N, 24, 64) float16 GeV towers (24 eta rows over |eta| < 1.1, "
+        "64 phi columns), LZF, one chunk per event; PYTHIA-like jets (jet30, p+p 200 GeV), HIJING-like central "
+        "Au+Au background, embed = signal + background exactly; test holds JEWEL-like quenched jets; made val/test "
+        "also store the truth as datasets signal and background; and sphenix_made.json. --events counts train "
+        "mixtures (train background and signal as many, val and test a fifth each).",
+        _make_sphenix,
+        {"--centrality": {"nargs": 2, "type": float, "default": [0.0, 10.0], "metavar": ("LOW", "HIGH"),
+                          "help": "background centrality range, percent (default 0 10, the real cent0 files)"}},
+        events=20_000,
+    ),
+    "toy_mix": MadeDataset(
+        "A toy image mix in the AFHQ layout (in place of cats and dogs): {train,val}/{blobs,stripes}/NNNNN.png, RGB "
+        "images of soft coloured blobs and of coloured gratings/rings, and toy_mix_made.json; the datamodule mixes "
+        "blur(0.5 a + 0.5 b) at load time. --events counts train images per family (val a fifth).",
+        _make_toy_mix,
+        {"--size": {"type": int, "default": 32, "help": "image side in pixels (default 32; the reference uses 256)"}},
+        events=2_000,
     ),
 }
 
