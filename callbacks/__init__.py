@@ -5,6 +5,7 @@ from callbacks.anomaly import AnomalyMetrics, AnomalyScoreWriter, ReweightTempla
 from callbacks.base import PhysicsMetric
 from callbacks.calo import CaloGANWriter, CaloMetrics
 from callbacks.calochallenge import CaloChallengeMetrics, CaloChallengeWriter
+from callbacks.decomposition import DecompositionMetrics, DecompositionWriter
 from callbacks.paths import PathMetrics, PathWriter
 from callbacks.reproducibility import RNGStateCheckpoint
 
@@ -17,6 +18,8 @@ __all__ = [
     "CaloChallengeWriter",
     "CaloGANWriter",
     "CaloMetrics",
+    "DecompositionMetrics",
+    "DecompositionWriter",
     "GANMonitor",
     "PathMetrics",
     "PathWriter",

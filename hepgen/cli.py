@@ -184,6 +184,8 @@ class HepgenCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.layer_shapes", compute_fn=_layer_shapes, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.n_features", compute_fn=_n_features, apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.n_context", compute_fn=_n_context, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.image_shape", compute_fn=_image_shape, apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.domain_channels", compute_fn=_domain_channels, apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would merge a checkpoint file's saved model arguments into the config. In
@@ -302,6 +304,18 @@ def _n_features(data) -> int | None:
 def _n_context(data) -> int | None:
     """Context columns C per event of a tabular datamodule (``None`` for other data; conditional flows link it)."""
     return getattr(data, "n_context", None)
+
+
+def _image_shape(data) -> list[int] | None:
+    """(H, W) of an image datamodule (``None`` for other data; the decomposition GAN links it)."""
+    shape = getattr(data, "image_shape", None)
+    return None if shape is None else list(shape)
+
+
+def _domain_channels(data) -> list[int] | None:
+    """Channels of the background, signal and mixture images (``None`` for other data)."""
+    channels = getattr(data, "domain_channels", None)
+    return None if channels is None else list(channels)
 
 
 def _series_length(data) -> int | None:

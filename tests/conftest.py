@@ -138,6 +138,21 @@ AD_STUDY = dict(
 )
 
 
+#: Made sPHENIX events of the tiny config (tests/conf/uvcgan_s_tiny.yaml): 60 training mixtures,
+#: 12 val and 12 quenched test events.
+SPHENIX_EVENTS = 60
+
+
+@pytest.fixture(scope="session")
+def sphenix_dir(tmp_path_factory) -> Path:
+    """A made sPHENIX folder in the real layout (train/, val/, test/; SPHENIX_EVENTS mixtures)."""
+    from hepgen.synth.sphenix import make_sphenix
+
+    folder = tmp_path_factory.mktemp("sphenix") / "made"
+    make_sphenix(folder, events=SPHENIX_EVENTS, seed=0, progress=False)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def ad_study_dir(tmp_path_factory) -> Path:
     """A made Toy NR anomaly-detection study in the seed's .npz layout (see AD_STUDY)."""

@@ -440,3 +440,59 @@ def test_conditional_flow_under_ddp_equals_one_process(flow_runs):
     # the validation NLL of all events, which picks the kept epochs, is the one-process value
     assert rank0["metrics"]["val/nll"] == pytest.approx(one["metrics"]["val/nll"], rel=1e-6)
     assert rank0["metrics"]["val/nll"] == rank1["metrics"]["val/nll"]
+
+
+# --- UVCGAN-S: two generators with EMA copies, three spectral-norm discriminators ---------------------
+@pytest.fixture(scope="module")
+def uvcgan_runs(sphenix_dir, tmp_path_factory) -> dict:
+    """The tiny Stratified CycleGAN on 2 ranks x batch 4 for 2 steps (16 unpaired items) with one
+    validation, then ``hepgen validate --ckpt_path last`` of that run on 2 ranks and in 1 process.
+
+    The 12 validation mixtures make 3 batches of 4: rank 0 scores two, rank 1 one, and the
+    decomposition metrics are computed on rank 0 over all 12, in the single-process order.
+    """
+    root = tmp_path_factory.mktemp("uvcgan_ddp")
+    fit = [
+        "fit", "-c", str(ROOT / "tests" / "conf" / "uvcgan_s_tiny.yaml"),
+        "--data.init_args.data_dir", str(sphenix_dir),
+        "--run.root", str(root), "--run.experiment", "tiny_uvcgan",
+        "--trainer.callbacks+=" + PROBE, *ddp("ddp_find_unused_parameters_true"),
+    ]  # fmt: skip
+    hepgen(fit, root)
+    versions = sorted(p.name for p in (root / "tiny_uvcgan").iterdir() if re.fullmatch(r"v\d+", p.name))
+    run_dir = root / "tiny_uvcgan" / versions[0]
+    result = {"versions": versions, "fit": [load(run_dir / "probe" / f"fit_rank{r}.pt") for r in (0, 1)]}
+    validate = ["validate", "-c", str(run_dir / "config.yaml"), "--ckpt_path", "last", "--trainer.callbacks+=" + PROBE]
+    for name, launch in (("ddp", ddp()), ("single", single())):
+        (run_dir / "metrics.json").unlink()
+        hepgen([*validate, *launch], root) if name == "ddp" else hepgen_here([*validate, *launch], root)
+        result[name] = {
+            "metrics_json": json.loads((run_dir / "metrics.json").read_text())["val"],
+            "ranks": [load(p) for p in sorted((run_dir / "probe").glob("validate_rank*.pt"))],
+        }
+    return result
+
+
+def test_uvcgan_ranks_hold_identical_weights_and_ema_copies(uvcgan_runs):
+    rank0, rank1 = uvcgan_runs["fit"]
+    assert uvcgan_runs["versions"] == ["v0"]
+    # 16 items over 2 ranks in batches of 4: 2 steps per rank, each steps both optimizers
+    assert [(r["rank"], r["world_size"], r["global_step"]) for r in uvcgan_runs["fit"]] == [(0, 2, 4), (1, 2, 4)]
+    state0, state1 = rank0["state_dict"], rank1["state_dict"]
+    ema = [k for k in state0 if k.startswith("averages.gen_ba.module.")]
+    assert ema and int(state0["averages.gen_ba.n_averaged"]) == 3  # the initial copy and 2 updates
+    # the discriminators' BatchNorm statistics are per rank (each normalises its own batch)
+    compared = [k for k in state0 if not _is_batchnorm_statistic(k)]
+    differing = [k for k in compared if not torch.equal(state0[k], state1[k])]
+    assert not differing, f"UVCGAN-S weights or EMA copies differ between ranks: {differing[:5]}"
+    moved = [k for k in ema if not torch.equal(state0[k], rank0["initial_state_dict"][k])]
+    assert moved, "the EMA copies never moved"
+
+
+def test_uvcgan_decomposition_metrics_under_ddp_equal_one_process(uvcgan_runs):
+    on_two, on_one = uvcgan_runs["ddp"], uvcgan_runs["single"]
+    assert on_two["metrics_json"]["events"] == on_one["metrics_json"]["events"] == 12
+    for key in ("l1_sig", "l1_bkg", "jes", "jer_cal", "median_rho/jer_cal", "jet/jer_r04", "area/jet/jer_r04"):
+        assert on_two["metrics_json"][key] == pytest.approx(on_one["metrics_json"][key], rel=1e-6, nan_ok=True), key
+    rank0, rank1 = on_two["ranks"]
+    assert rank0["metrics"]["val/l1_sig"] == rank1["metrics"]["val/l1_sig"] == pytest.approx(on_one["metrics_json"]["l1_sig"])

@@ -8,14 +8,14 @@ import pytest
 import yaml
 
 from hepgen.cli import main
-from tests.conftest import AIDAPT_EVENTS, ROOT
+from tests.conftest import AIDAPT_EVENTS, ROOT, SPHENIX_EVENTS
 
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
 
 
 def test_there_are_experiments():
     families = {p.parent.name for p in EXPERIMENTS}
-    assert {"calo_vae", "aidapt", "sde_gan", "ad"} <= families
+    assert {"calo_vae", "aidapt", "sde_gan", "ad", "uvcgan_s"} <= families
 
 
 def _data_overrides(config: Path, request) -> tuple[list[str], str]:
@@ -64,6 +64,17 @@ def _data_overrides(config: Path, request) -> tuple[list[str], str]:
             folder = request.getfixturevalue("ad_study_dir")
             made = ["--data.init_args.source", "real", "--data.init_args.signal_fraction", "0.05"]
         return ["--data.init_args.data_dir", str(folder), *made, *sizes], "predictions/template*.npz"
+    if data_class == "SPhenixDataModule":
+        # the session's made files through the real reader; the reference-size config reads them as real data
+        folder = request.getfixturevalue("sphenix_dir")
+        args = ["--data.init_args.data_dir", str(folder), "--data.init_args.made_events", str(SPHENIX_EVENTS),
+                "--data.init_args.train_events", "8", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+                "--data.init_args.source", "made" if spec["data"]["init_args"].get("source") == "made" else "real"]  # fmt: skip
+        return args, "predictions/decomposition.h5"
+    if data_class == "ToyMixDataModule":
+        folder = request.getfixturevalue("tmp_path_factory").mktemp("toy_mix") / "made"
+        made = ["--data.init_args.source", "made", "--data.init_args.made_events", "10", "--data.init_args.batch_size", "2"]
+        return ["--data.init_args.data_dir", str(folder), *made], "predictions/decomposition.h5"
     # time series: few, short paths; real-data configs read made files in the real format
     series = ["--data.init_args.batch_size", "16", "--model.init_args.swa_start", "0"]
     if data_class == "OUDataModule":
