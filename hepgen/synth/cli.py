@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in MADE_DATASETS.items():
         sub = kinds.add_parser(name, help=spec.description, description=spec.description)
         sub.add_argument("--out", required=True, help="folder to write into (existing files are never overwritten)")
-        sub.add_argument("--events", type=int, default=spec.events, help="events to make: per file (calogan, calochallenge), generated per sample before acceptance (aidapt), rows (csv_series), trajectories (geolife), data background in the SR (ad_toy); default %(default)s")
+        sub.add_argument("--events", type=int, default=spec.events, help="events to make: per file (calogan, calochallenge), generated per sample before acceptance (aidapt), rows (csv_series), trajectories (geolife), data background in the SR (ad_toy), training mixtures (sphenix), images per family (toy_mix); default %(default)s")
         sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         for flag, kwargs in spec.options.items():
             sub.add_argument(flag, **kwargs)
