@@ -236,7 +236,11 @@ class HepDataModule(LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets or len(self.datasets[split]) == 0:
             raise DataFileError(f"{self.data_dir}: no '{split}' events (is its fraction 0?).")
-        dataset = self.datasets[split]
+        return self.dataloader(self.datasets[split], shuffle, split)
+
+    def dataloader(self, dataset: Dataset, shuffle: bool, split: str = "predict") -> DataLoader:
+        """hepgen's DataLoader of ``dataset``: the epoch-shuffled training sampler, or the
+        evaluation sampler that keeps the single-process batch order across DDP ranks."""
         world, rank = self._world()
         if shuffle:
             sampler = EpochShuffleSampler(dataset, self.split_seed + 1, num_replicas=world, rank=rank)

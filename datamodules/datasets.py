@@ -206,6 +206,10 @@ class MultiDomainDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
+        # a domain whose items depend on the epoch too (e.g. mixtures of random pairs) follows along
+        for dataset in self.domains.values():
+            if callable(getattr(dataset, "set_epoch", None)):
+                dataset.set_epoch(epoch)
 
     def order(self, domain: str, epoch: int) -> np.ndarray:
         """(length,) event indices of ``domain`` for the items of ``epoch``."""

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.base import HepDataModule, _already_batched
+from datamodules.base import HepDataModule
 from datamodules.datasets import LazyHDF5Dataset, MultiDomainDataset
-from datamodules.samplers import EvaluationSampler
 from datamodules.splits import file_split
 from hepgen.errors import ConfigValueError
 from hepgen.io import DataFileError
@@ -213,15 +212,7 @@ class SPhenixDataModule(HepDataModule):
         truth = self.truth and self.predict_split != "train"
         if truth:
             check_sphenix_file(self.file(self.predict_split, "embed"), truth=True)
-        dataset = self._mixtures(self.predict_split, truth)
-        world, rank = self._world()
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EvaluationSampler(dataset, self.batch_size, num_replicas=world, rank=rank),
-            collate_fn=_already_batched,
-            num_workers=self.num_workers,
-        )
+        return self.dataloader(self._mixtures(self.predict_split, truth), shuffle=False)
 
 
 class ToyMixDataset(Dataset):
@@ -400,20 +391,13 @@ class ToyMixDataModule(HepDataModule):
             a, b = self._images_of[("train", "background")], self._images_of[("train", "signal")]
             mixtures = _MixtureDomain(ToyMixDataset(a, b, self.alpha, seed=self.split_seed))
             domains = {"background": _Images(a), "signal": _Images(b), "embed": mixtures}
-            return _EpochFollowing(MultiDomainDataset(domains, seed=self.split_seed, length=len(indices)), mixtures)
+            return MultiDomainDataset(domains, seed=self.split_seed, length=len(indices))
         return self._evaluation_mixtures(self.test_split if split == "test" else split)
 
     def predict_dataloader(self) -> DataLoader:
         if not getattr(self, "_images_of", None):
             self.count_events()
-        dataset = self._evaluation_mixtures(self.predict_split)
-        world, rank = self._world()
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EvaluationSampler(dataset, self.batch_size, num_replicas=world, rank=rank),
-            collate_fn=_already_batched,
-        )
+        return self.dataloader(self._evaluation_mixtures(self.predict_split), shuffle=False)
 
 
 class _MixtureDomain(Dataset):
@@ -425,29 +409,8 @@ class _MixtureDomain(Dataset):
     def __len__(self) -> int:
         return len(self.mixtures)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.mixtures.set_epoch(epoch)
+
     def __getitems__(self, indices):
         return {"image": self.mixtures.__getitems__(indices)["embed"]}
-
-
-class _EpochFollowing(Dataset):
-    """A :class:`MultiDomainDataset` whose random mixture partners also follow ``set_epoch``."""
-
-    def __init__(self, domains: MultiDomainDataset, mixtures: _MixtureDomain) -> None:
-        self.domains, self.mixtures = domains, mixtures
-
-    def set_epoch(self, epoch: int) -> None:
-        self.domains.set_epoch(epoch)
-        self.mixtures.mixtures.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.domains)
-
-    def __getitems__(self, indices):
-        return self.domains.__getitems__(indices)
-
-    def __getitem__(self, index: int):
-        return self.domains[index]
-
-    def head(self, n: int | None = None):
-        return self.domains.head(n)
-

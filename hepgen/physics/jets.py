@@ -831,6 +831,15 @@ def _merge(evaluations: list[JetEvaluation]) -> JetEvaluation:
     return JetEvaluation(scalars, per_jet)
 
 
+def _score_radii(truth_jets, reco_jets, radii, pt_bins, eta_max_jet, match_fraction, split, calibration) -> JetEvaluation:
+    """:func:`evaluate_jets` for every radius, merged into one :class:`JetEvaluation`."""
+    return _merge([
+        evaluate_jets(truth_jets[R], reco_jets[R], R, pt_bins, eta_max_jet, match_fraction, split,
+                      None if calibration is None else calibration[R])
+        for R in radii
+    ])  # fmt: skip
+
+
 def truth_jets_by_radius(
     true_signal,
     radii: Sequence[float] = (0.2, 0.4),
@@ -899,14 +908,8 @@ def jet_metrics(
     if truth_jets is None:
         truth_jets = _cluster_events(truth, radii, *args)
     reco_jets = _cluster_events(extracted, radii, *args)
-    split = len(truth) // 2 if calibrate else None
-    return _merge(
-        [
-            evaluate_jets(truth_jets[R], reco_jets[R], R, pt_bins, eta_max_jet, match_fraction, split,
-                          None if calibration is None else calibration[R])
-            for R in radii
-        ]
-    )
+    return _score_radii(truth_jets, reco_jets, radii, pt_bins, eta_max_jet, match_fraction,
+                        len(truth) // 2 if calibrate else None, calibration)
 
 
 def area_jet_metrics(
@@ -940,11 +943,6 @@ def area_jet_metrics(
         truth_jets = _cluster_events(truth, radii, "antikt", None, pt_min, min_et, False, 0.01, None, eta, phi)
     rho = estimate_rho(images, min_et=min_et, ghost_area=ghost_area, eta=eta, phi=phi)
     embed_jets = _cluster_events(images, radii, "antikt", None, pt_min, min_et, True, ghost_area, None, eta, phi)
-    split = len(truth) // 2 if calibrate else None
-    return _merge(
-        [
-            evaluate_jets(truth_jets[R], _subtract_rho_area(embed_jets[R], rho, pt_min), R, pt_bins, eta_max_jet,
-                          match_fraction, split, None if calibration is None else calibration[R])
-            for R in radii
-        ]
-    )
+    reco_jets = {R: _subtract_rho_area(embed_jets[R], rho, pt_min) for R in radii}
+    return _score_radii(truth_jets, reco_jets, radii, pt_bins, eta_max_jet, match_fraction,
+                        len(truth) // 2 if calibrate else None, calibration)
