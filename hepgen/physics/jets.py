@@ -137,9 +137,17 @@ def towers_to_pseudojets(image, eta=None, phi=None, min_et: float = 0.0) -> list
     return particles
 
 
+_GHOST_RANDOM = fastjet.GhostedAreaSpec(1.0)
+_GHOST_RANDOM.checkpoint_random()
+
+
 def _area_definition(ghost_area: float, ghost_eta_max: float):
     # Active area with explicit ghosts (the rebuild's choice): pure-ghost jets stay in the event,
     # so the rho median sees the empty area as zero-pT jets instead of silently skipping it.
+    # The ghosts' positions are jittered by FastJet's one random generator per process, so areas
+    # and rho would depend on what the process clustered before (a DDP rank and a single process
+    # disagreed). Every definition restarts it from the state it had when this module loaded.
+    _GHOST_RANDOM.restore_checkpoint_random()
     return fastjet.AreaDefinition(
         fastjet.active_area_explicit_ghosts, fastjet.GhostedAreaSpec(ghost_eta_max, 1, ghost_area)
     )
