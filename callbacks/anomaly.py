@@ -136,8 +136,11 @@ class ReweightTemplateWriter(BasePredictionWriter):
     so w = f / (1 - f) is the density ratio p_data / p_MC (f is clipped to [1e-6, 1 - 1e-6]).
     As in the seed, weights above mean + ``crop_sigma`` standard deviations are set to 0: a few
     events with huge weights would otherwise make the template's statistics those of a handful of
-    events. Writes ``<run dir>/predictions/template.npz`` (``samples``: the scored MC rows in their
-    order, physical units; ``weights``) with :func:`write_template`.
+    events. Writes ``<run dir>/predictions/template.npz`` (``samples``: the scored MC rows of the
+    signal region in their order, physical units; ``weights``) with :func:`write_template`, and,
+    when the predict data also hold the held-out control-region MC (``region`` 1), its weighted
+    rows as ``template_cr.npz``, the template of the closure test (cropped by the same rule, on
+    its own weights).
 
     Args:
         crop_sigma: the cut, in standard deviations above the mean weight (``None``: no cut).
@@ -156,8 +159,14 @@ class ReweightTemplateWriter(BasePredictionWriter):
         return w
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        local = gather_predictions(trainer, predictions, ("score", "rows", "row"))
+        keys = ("score", "rows", "row", "region") if "region" in predictions[0] else ("score", "rows", "row")
+        local = gather_predictions(trainer, predictions, keys)
         if local is None:
             return
         order = np.argsort(local["row"], kind="stable")
-        write_template(trainer, local["rows"][order], self.weights(local["score"][order]))
+        score, rows = local["score"][order], local["rows"][order]
+        region = local["region"][order] if "region" in local else np.zeros(len(score), dtype=np.int8)
+        sr, cr = region == 0, region == 1
+        write_template(trainer, rows[sr], self.weights(score[sr]))
+        if cr.any():
+            write_template(trainer, rows[cr], self.weights(score[cr]), "template_cr.npz")

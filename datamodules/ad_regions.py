@@ -13,7 +13,8 @@ datamodule serves one such sample of the seed's study layout (:func:`hepgen.io.a
   CR-trained flow never saw: its likelihood there is the test of the interpolation (resonant) or
   extrapolation (non-resonant) that the template rests on;
 * predict: the SR contexts a template is sampled at (:meth:`RegionDataModule.sr_contexts`),
-  with a weight per context when ``context_weights`` is given.
+  with a weight per context when ``context_weights`` is given, and, when they are SR events
+  (``mc_sr``, ``data_sr``), those events' features too: Morph transports them (Generate ignores them).
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ from torch.utils.data import DataLoader
 from datamodules.anomaly import (
     TOY_CONTEXT, check_toy_study_file, make_toy_study, study_columns, study_context_columns, study_files,
 )
-from datamodules.base import HepDataModule, _already_batched
+from datamodules.base import HepDataModule
 from datamodules.datasets import ArrayDictDataset
-from datamodules.samplers import EvaluationSampler
 from datamodules.splits import split_indices
 from hepgen.errors import ConfigValueError
 from hepgen.io import DataFileError
@@ -83,7 +83,8 @@ class RegionDataModule(HepDataModule):
     Batches: ``context`` (B, C) and ``features`` (B, D), float32, in the study's units (the
     seed's files hold min-max scaled values; the toys are dimensionless). Predict batches:
     ``context`` (B, C) float64, ``weight`` (B,) float64 and ``row`` (B,) int64, the index of the
-    context in :meth:`sr_contexts`.
+    context in :meth:`sr_contexts`; for ``mc_sr`` and ``data_sr`` also the SR events' ``features``
+    (B, D) float64 (what :class:`~hepgen.models.ad_morph.MorphFlow` transports; KDE draws have none).
 
     Args:
         data_dir: the study folder (``seed{g}/data_{s}.npz``, ``mc_events.npz``, ...).
@@ -290,7 +291,7 @@ class RegionDataModule(HepDataModule):
             "weight": torch.as_tensor(self._weights(len(contexts), available), dtype=torch.float64),
             "row": torch.arange(len(contexts)),
         }
-        dataset = ArrayDictDataset(events)
-        world, rank = self._world()
-        sampler = EvaluationSampler(dataset, self.batch_size, num_replicas=world, rank=rank)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_already_batched)
+        if self.predict_contexts != "kde_sr":  # SR events: their features beside their contexts
+            features = study[self.predict_contexts][: self.predict_events, self.n_context :]
+            events["features"] = torch.as_tensor(features, dtype=torch.float64)
+        return self.dataloader(ArrayDictDataset(events), shuffle=False)

@@ -19,6 +19,10 @@ predict`` evaluates on the MC in the signal region to make a weighted template
 held out (data vs MC: an AUC near 0.5 after reweighting would mean the classifier has nothing left
 to learn, it is a diagnostic, not a signal metric).
 
+And one checks a method where the truth is known: ``closure`` tells the held-out control-region
+data (1), which no method trained on, from the method's template of the same events' region (0,
+weighted): if the template describes the background, the test AUC is 0.5 (the closure test).
+
 Two layouts are read:
 
 * ``study``: the seed's folder (hep-lbdl/non-resonant-AD-extrapolation, final era), which
@@ -53,7 +57,10 @@ from hepgen.errors import ConfigValueError
 from hepgen.io import DataFileError
 from hepgen.io.anomaly import AD_COLUMNS, data_file_name, read_cathode_npy, read_npz_arrays, read_seed_study, read_template
 
-METHODS = ("ideal", "supervised", "template", "reweight")
+METHODS = ("ideal", "supervised", "template", "reweight", "closure")
+#: 1 in this many control-region events of data and MC is held out: no method trains on them; they
+#: are the closure test's events (and Reweight's own test set).
+HELD_OUT_DENOMINATOR = 10
 #: What the classifier sees of a row: the features, the context, or both.
 INPUTS = ("features", "context", "all")
 LAYOUTS = ("study", "lhco_sr")
@@ -132,6 +139,24 @@ def study_columns(folder: Path, toy_kind: str, made: bool, noise_features: int, 
     raise DataFileError(f"data file not found: {test}. {hint}")
 
 
+def control_region_hold_out(study: dict[str, np.ndarray], split_seed: int) -> dict[str, np.ndarray]:
+    """The control region's data and MC split into held-out (1 in 10, seeded) and training events.
+
+    Returns ``data_held``, ``data_rest``, ``mc_held``, ``mc_rest`` (rows (N, C + D)). Reweight
+    trains on the rest and tests on the held-out events; the closure test compares a method's
+    control-region template with ``data_held``, which no method trained on. One function, so both
+    draw the same events from the same ``split_seed``.
+    """
+    rng = np.random.default_rng(split_seed + 3)
+    out = {}
+    for name in ("data", "mc"):
+        rows = study[f"{name}_cr"]
+        rows = rows[rng.permutation(len(rows))]
+        n = len(rows) // HELD_OUT_DENOMINATOR
+        out[f"{name}_held"], out[f"{name}_rest"] = rows[:n], rows[n:]
+    return out
+
+
 def equalise_classes(label: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Weights rescaled so that each class sums to half the number of events (N/2 each)."""
     weight = weight.astype(np.float64).copy()
@@ -154,10 +179,11 @@ class WeakSupervisionDataModule(HepDataModule):
         data_dir: the study folder (``layout: study``) or the folder of the ``.npy`` files.
         source: ``real`` (files must exist) or ``made`` (``study`` only: hepgen makes a toy study).
         layout: ``study`` or ``lhco_sr`` (see the module docstring).
-        method: ``ideal``, ``supervised``, ``template`` or ``reweight`` (see the module docstring).
+        method: ``ideal``, ``supervised``, ``template``, ``reweight`` or ``closure`` (see the module docstring).
         signal_fraction: the injected signal fraction s of the study's ``data_{s}.npz``.
         injection_seed: g of ``seed{g}/``.
-        template: ``.npz`` with the background template (``method: template``).
+        template: ``.npz`` with the background template (``method: template``; for ``closure`` a
+            control-region template).
         context_columns: leading context columns of the study's rows (made studies record it;
             the seed's physics files: 2, HT and MET).
         inputs: what the classifier sees: ``features`` (the SR classifier of the seed's physics runs
@@ -214,8 +240,10 @@ class WeakSupervisionDataModule(HepDataModule):
             raise ConfigValueError(f"data.inputs={inputs!r}: choose one of {', '.join(INPUTS)}.")
         if method == "reweight" and layout != "study":
             raise ConfigValueError("data.method=reweight needs the MC sample of a study (layout: study).")
-        if method == "template" and template is None:
-            raise ConfigValueError("data.method=template needs data.template: the .npz of a background template.")
+        if method in ("template", "closure") and template is None:
+            raise ConfigValueError(f"data.method={method} needs data.template: the .npz of a background template.")
+        if method == "closure" and layout != "study":
+            raise ConfigValueError("data.method=closure needs the control region of a study (layout: study).")
         if layout == "lhco_sr" and source == "made":
             raise ConfigValueError("data.layout=lhco_sr reads real LHCO files; for made data use layout: study.")
         if not 0.0 < val_fraction < 1.0:
@@ -268,7 +296,7 @@ class WeakSupervisionDataModule(HepDataModule):
         record = self.toy_record
         if record is None:
             return None
-        if self.method == "reweight" or self.inputs == "context":
+        if self.method in ("reweight", "closure") or self.inputs == "context":
             return None
         entry = record["optimal"].get("features_and_context" if self.inputs == "all" else "features")
         return None if entry is None else float(entry["max_sic"])
@@ -289,6 +317,8 @@ class WeakSupervisionDataModule(HepDataModule):
         study = read_seed_study(self.data_dir, self.signal_fraction, self.injection_seed)
         if self.method == "reweight":
             return self._control_region_pools(study)
+        if self.method == "closure":
+            return self._closure_pools(study)
         if self.method == "supervised":
             ones, zeros = study["fullsup_sig"], study["fullsup_bkg"]
             weights = np.ones(len(zeros))
@@ -307,12 +337,28 @@ class WeakSupervisionDataModule(HepDataModule):
         return ones, zeros, weights, test
 
     def _control_region_pools(self, study: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Reweight: data (1) vs MC (0) in the control region; 10 % of each held out as the test set."""
-        rng = np.random.default_rng(self.split_seed + 3)
-        data, mc = (study[k][rng.permutation(len(study[k]))] for k in ("data_cr", "mc_cr"))
-        n_data, n_mc = len(data) // 10, len(mc) // 10
-        test = np.concatenate([np.c_[data[:n_data], np.ones(n_data)], np.c_[mc[:n_mc], np.zeros(n_mc)]])
-        return data[n_data:], mc[n_mc:], np.ones(len(mc) - n_mc), test
+        """Reweight: data (1) vs MC (0) in the control region; the held-out 10 % of each is the test set."""
+        cr = control_region_hold_out(study, self.split_seed)
+        data, mc = cr["data_held"], cr["mc_held"]
+        test = np.concatenate([np.c_[data, np.ones(len(data))], np.c_[mc, np.zeros(len(mc))]])
+        return cr["data_rest"], cr["mc_rest"], np.ones(len(cr["mc_rest"])), test
+
+    def _closure_pools(self, study: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Closure: held-out control-region data (1) vs a control-region template (0).
+
+        Both are split the same way into the classifier's pool and a test set (a third of
+        each, seeded); the test rows carry their template weights (:attr:`_test_weights`), so the
+        test AUC is that of data vs the *weighted* template: 0.5 when the template closes.
+        """
+        data = control_region_hold_out(study, self.split_seed)["data_held"]
+        template, weights = self._template(data.shape[1])
+        rng = np.random.default_rng(self.split_seed + 5)
+        data, order = data[rng.permutation(len(data))], rng.permutation(len(template))
+        template, weights = template[order], weights[order]
+        n_data, n_template = len(data) // 3, len(template) // 3
+        test = np.concatenate([np.c_[data[:n_data], np.ones(n_data)], np.c_[template[:n_template], np.zeros(n_template)]])
+        self._test_weights = np.r_[np.ones(n_data), weights[:n_template]]
+        return data[n_data:], template[n_template:], weights[n_template:], test
 
     def _template(self, columns: int) -> tuple[np.ndarray, np.ndarray]:
         return read_template(self.template, columns)
@@ -340,8 +386,9 @@ class WeakSupervisionDataModule(HepDataModule):
         return ones, zeros, weights, test
 
     def load_events(self) -> dict[str, torch.Tensor]:
+        self._test_weights = None  # the closure's template weights of its test rows
         ones, zeros, weights, test = self._lhco_pools() if self.layout == "lhco_sr" else self._study_pools()
-        where = self.template if self.method == "template" else self.data_dir
+        where = self.template if self.method in ("template", "closure") else self.data_dir
         for name, rows in (("label-1 (data or signal)", ones), ("label-0 (background reference)", zeros)):
             if len(rows) == 0:
                 raise DataFileError(
@@ -356,12 +403,14 @@ class WeakSupervisionDataModule(HepDataModule):
             pool, label, weight = pool[keep], label[keep], equalise_classes(label[keep], weight[keep])
         self._n_pool = len(pool)
         # signal and background interleaved, so that every test batch holds both
-        test = test[np.random.default_rng(self.split_seed + 11).permutation(len(test))]
+        order = np.random.default_rng(self.split_seed + 11).permutation(len(test))
+        test = test[order]
+        test_weight = np.ones(len(test)) if self._test_weights is None else self._test_weights[order]
         rows = np.concatenate([pool, test[:, :-1]])
         return {
             "features": torch.as_tensor(self._columns(rows), dtype=torch.float32),
             "label": torch.as_tensor(np.r_[label, test[:, -1]], dtype=torch.float32),
-            "weight": torch.as_tensor(np.r_[weight, np.ones(len(test))], dtype=torch.float32),
+            "weight": torch.as_tensor(np.r_[weight, test_weight], dtype=torch.float32),
         }
 
     def splits(self, n_events: int) -> dict[str, np.ndarray]:
@@ -386,16 +435,21 @@ class WeakSupervisionDataModule(HepDataModule):
     def predict_dataloader(self) -> DataLoader:
         """``predict_file`` (or the test split) with ``row``, each event's row in it, for the writer.
 
-        For ``method: reweight`` it is the MC sample in the signal region, whole rows included
-        (``rows``, physical units), which the template writer weights by f / (1 - f).
+        For ``method: reweight`` it is the MC sample in the signal region, then the held-out MC
+        of the control region, whole rows included (``rows``, physical units) and ``region`` (0
+        SR, 1 CR), which the template writer weights by f / (1 - f) into the SR template and the
+        CR template of the closure test.
         """
         if self.method == "reweight":
-            mc_sr = read_seed_study(self.data_dir, self.signal_fraction, self.injection_seed)["mc_sr"]
+            study = read_seed_study(self.data_dir, self.signal_fraction, self.injection_seed)
+            mc_sr, mc_held = study["mc_sr"], control_region_hold_out(study, self.split_seed)["mc_held"]
+            mc = np.concatenate([mc_sr, mc_held])
             events = {
-                "features": torch.as_tensor(self._columns(mc_sr), dtype=torch.float32),
-                "label": torch.zeros(len(mc_sr)),
-                "weight": torch.ones(len(mc_sr)),
-                "rows": torch.as_tensor(mc_sr, dtype=torch.float64),
+                "features": torch.as_tensor(self._columns(mc), dtype=torch.float32),
+                "label": torch.zeros(len(mc)),
+                "weight": torch.ones(len(mc)),
+                "rows": torch.as_tensor(mc, dtype=torch.float64),
+                "region": torch.as_tensor(np.r_[np.zeros(len(mc_sr)), np.ones(len(mc_held))], dtype=torch.int8),
             }
         elif self.predict_file is None:
             self.setup("test")

@@ -169,10 +169,14 @@ class HepgenCLI(LightningCLI):
 
     def _add_subcommands(self, parser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)
-        # `hepgen data` is dispatched before LightningCLI parses (see main); listed here for --help
+        # `hepgen data` and `hepgen ad` are dispatched before LightningCLI parses (see main); listed here for --help
         data = ArgumentParser(description="Make data in the real published formats.")
         parser._subcommands_action.add_subcommand(
             "data", data, help="Make data in the real formats: hepgen data list | hepgen data make NAME --out DIR."
+        )
+        study = ArgumentParser(description="Weak-supervision anomaly-detection studies.")
+        parser._subcommands_action.add_subcommand(
+            "ad", study, help="Anomaly-detection studies: hepgen ad run|report -c experiments/ad/study_*.yaml."
         )
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -358,11 +362,14 @@ def main(args: list[str] | None = None) -> None:
     if "--debug" in argv:
         argv.remove("--debug")
         os.environ["HEPGEN_DEBUG"] = "1"
-    if argv[:1] == ["data"]:
-        from hepgen.synth.cli import main as data_main
+    if argv[:1] in (["data"], ["ad"]):
+        if argv[0] == "data":
+            from hepgen.synth.cli import main as tool_main
+        else:  # a weak-supervision study: many trainings, each through this main()
+            from hepgen.study import main as tool_main
 
         try:
-            return data_main(argv[1:])
+            return tool_main(argv[1:])
         except (HepgenError, FileExistsError, ValueError) as error:  # a refused file, a bad option value
             if debug_requested():
                 raise

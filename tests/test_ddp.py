@@ -496,3 +496,52 @@ def test_uvcgan_decomposition_metrics_under_ddp_equal_one_process(uvcgan_runs):
         assert on_two["metrics_json"][key] == pytest.approx(on_one["metrics_json"][key], rel=1e-6, nan_ok=True), key
     rank0, rank1 = on_two["ranks"]
     assert rank0["metrics"]["val/l1_sig"] == rank1["metrics"]["val/l1_sig"] == pytest.approx(on_one["metrics_json"]["l1_sig"])
+
+
+# --- anomaly detection: Morph, a transform trained on a frozen base flow ------------------------------
+@pytest.fixture(scope="module")
+def morph_runs(ad_study_dir, tmp_path_factory) -> dict:
+    """MorphFlow (T: 2 x 8) for 3 steps and one validation, on 2 ranks x batch 250 and in 1 process x
+    batch 500, on the data control region of the small Toy NR study; its base is morph_base_toy_nr.yaml
+    (2 x 16) fitted here for 3 steps to the MC, in one process."""
+    from hepgen.run import resolve_checkpoint
+
+    study = ["--data.init_args.data_dir", str(ad_study_dir), "--data.init_args.source", "real",
+             "--data.init_args.signal_fraction", "0.05", "--trainer.logger", "false",
+             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3"]  # fmt: skip
+    base_root = tmp_path_factory.mktemp("morph_base")
+    hepgen_here([
+        "fit", "-c", str(ROOT / "experiments" / "ad" / "morph_base_toy_nr.yaml"), *study, "--run.root", str(base_root),
+        "--model.init_args.transforms", "2", "--model.init_args.hidden", "16", *single(),
+    ], base_root)  # fmt: skip
+    base = resolve_checkpoint("run:ad/morph_base_toy_nr@latest:last", base_root)
+    runs = {"base": load(base)["state_dict"]}
+    for name, batch, launch in (("ddp", 250, ddp()), ("single", 500, single())):
+        root = tmp_path_factory.mktemp(f"morph_{name}")
+        args = [
+            "fit", "-c", str(ROOT / "experiments" / "ad" / "morph_toy_nr.yaml"), *study,
+            "--data.init_args.batch_size", str(batch), "--model.init_args.base_ckpt", str(base),
+            "--model.init_args.transforms", "2", "--model.init_args.hidden", "8",
+            "--run.root", str(root), "--run.experiment", "morph", "--trainer.callbacks+=" + PROBE, *launch,
+        ]  # fmt: skip
+        hepgen(args, root) if name == "ddp" else hepgen_here(args, root)
+        runs[name] = [load(p) for p in sorted((only_run_dir(root, "morph") / "probe").glob("fit_rank*.pt"))]
+    return runs
+
+
+def test_morph_under_ddp_equals_one_process_and_leaves_the_base_alone(morph_runs):
+    (rank0, rank1), (one,) = morph_runs["ddp"], morph_runs["single"]
+    assert all(torch.equal(v, rank1["state_dict"][k]) for k, v in rank0["state_dict"].items())
+    weights = [k for k, v in one["state_dict"].items() if k.startswith("top.") and v.is_floating_point()]
+    worst = max((one["state_dict"][k] - rank0["state_dict"][k]).abs().max().item() for k in weights)
+    assert worst < WEIGHT_TOLERANCE
+    initial = one["initial_state_dict"]
+    assert max((one["state_dict"][k] - initial[k]).abs().max().item() for k in weights) > 100 * WEIGHT_TOLERANCE
+    # the frozen base on every rank is the base checkpoint's, bit for bit
+    base = {f"base.{k}": v for k, v in morph_runs["base"].items()}
+    for state in (rank0["state_dict"], one["state_dict"]):
+        assert base.keys() == {k for k in state if k.startswith("base.")}
+        assert all(torch.equal(state[k], v) for k, v in base.items())
+    assert rank0["metrics"]["val/nll"] == pytest.approx(one["metrics"]["val/nll"], rel=1e-6)
+    assert rank0["metrics"]["val/nll"] == rank1["metrics"]["val/nll"]
+    assert rank0["metrics"]["val/base_nll"] == pytest.approx(one["metrics"]["val/base_nll"], rel=1e-6)

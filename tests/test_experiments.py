@@ -8,14 +8,53 @@ import pytest
 import yaml
 
 from hepgen.cli import main
+from hepgen.run import resolve_checkpoint
 from tests.conftest import AIDAPT_EVENTS, ROOT, SPHENIX_EVENTS
 
-EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
+
+def _is_study(path: Path) -> bool:
+    """A study file (``hepgen ad run``) rather than one training's LightningCLI config."""
+    return "study" in (yaml.safe_load(path.read_text()) or {})
+
+
+ALL_YAML = sorted((ROOT / "experiments").rglob("*.yaml"))
+EXPERIMENTS = [p for p in ALL_YAML if not _is_study(p)]
+STUDIES = [p for p in ALL_YAML if _is_study(p)]
 
 
 def test_there_are_experiments():
     families = {p.parent.name for p in EXPERIMENTS}
     assert {"calo_vae", "aidapt", "sde_gan", "ad", "uvcgan_s"} <= families
+
+
+@pytest.fixture(scope="session")
+def morph_base_ckpt(ad_study_dir, tmp_path_factory) -> Path:
+    """Morph's base: experiments/ad/morph_base_toy_nr.yaml fitted for 2 steps (2 x 16) to the MC of
+    the session's Toy NR study, in a root of its own; its last checkpoint, as morph_toy_nr.yaml's
+    run reference finds it after a real step 1."""
+    root = tmp_path_factory.mktemp("morph_base_runs")
+    main([
+        "fit", "-c", str(ROOT / "experiments" / "ad" / "morph_base_toy_nr.yaml"), "--run.root", str(root),
+        "--data.init_args.data_dir", str(ad_study_dir), "--data.init_args.source", "real",
+        "--data.init_args.signal_fraction", "0.05", "--data.init_args.max_events", "2000",
+        "--model.init_args.transforms", "2", "--model.init_args.hidden", "16", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+    ])  # fmt: skip
+    return resolve_checkpoint("run:ad/morph_base_toy_nr@latest:last", root)
+
+
+@pytest.fixture(scope="session")
+def control_region_template(ad_study_dir, tmp_path_factory) -> Path:
+    """A control-region template for closure configs: the study's held-out CR MC, unweighted."""
+    import numpy as np
+
+    from datamodules.anomaly import control_region_hold_out
+    from hepgen.io.anomaly import read_seed_study
+
+    held = control_region_hold_out(read_seed_study(ad_study_dir, 0.05, 1), split_seed=42)["mc_held"]
+    path = tmp_path_factory.mktemp("closure_template") / "template_cr.npz"
+    np.savez(path, samples=held, weights=np.ones(len(held)))
+    return path
 
 
 def _data_overrides(config: Path, request) -> tuple[list[str], str]:
@@ -53,6 +92,8 @@ def _data_overrides(config: Path, request) -> tuple[list[str], str]:
             return ["--data.init_args.data_dir", str(folder), *sizes, *ensemble], "predictions/scores.npy"
         folder = request.getfixturevalue("ad_study_dir")
         study = ["--data.init_args.source", "real", "--data.init_args.signal_fraction", "0.05"]
+        if spec["data"]["init_args"]["method"] == "closure":
+            study += ["--data.init_args.template", str(request.getfixturevalue("control_region_template"))]
         written = "predictions/template.npz" if spec["data"]["init_args"]["method"] == "reweight" else "predictions/scores.npy"
         return ["--data.init_args.data_dir", str(folder), *study, *ensemble], written
     if data_class == "RegionDataModule":
@@ -63,6 +104,8 @@ def _data_overrides(config: Path, request) -> tuple[list[str], str]:
         else:
             folder = request.getfixturevalue("ad_study_dir")
             made = ["--data.init_args.source", "real", "--data.init_args.signal_fraction", "0.05"]
+        if spec["model"]["class_path"] == "MorphFlow":  # morphs with a base flow trained on the same study
+            made += ["--model.init_args.base_ckpt", str(request.getfixturevalue("morph_base_ckpt"))]
         return ["--data.init_args.data_dir", str(folder), *made, *sizes], "predictions/template*.npz"
     if data_class == "SPhenixDataModule":
         # the session's made files through the real reader; the reference-size config reads them as real data
@@ -104,3 +147,16 @@ def test_experiment_runs(config: Path, request, tmp_path):
     for subcommand in ("fit", "test", "predict"):
         main([subcommand, *common])
     assert list(tmp_path.rglob(predictions)), f"predict wrote no {predictions}"
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda p: str(p.relative_to(ROOT / "experiments")))
+def test_study_files_chain_smoke_tested_experiments(study: Path, monkeypatch):
+    """A study file parses (keys, placeholders, stage configs; tests/test_ad_study.py runs the
+    machinery end to end) and every stage is an experiment the smoke test above runs."""
+    from hepgen.study import load_study
+
+    monkeypatch.chdir(ROOT)  # stage configs are relative to the repository root, where users run hepgen
+    loaded = load_study(study)
+    for method in loaded.methods.values():
+        for stage in method.stages:
+            assert (ROOT / stage.config).resolve() in EXPERIMENTS, f"{study}: {stage.config} is not in experiments/"

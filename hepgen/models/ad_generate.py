@@ -35,6 +35,16 @@ from hepgen.nn.maf import FlowPreprocessing, conditional_maf, sample_flow
 from hepgen.nn.scaling import StandardScaler
 
 
+def adam_with_cosine(parameters, hparams, max_epochs: int | None):
+    """Adam (``hparams.lr``, ``hparams.weight_decay``) with, when ``hparams.cosine``, a cosine decay
+    over ``max_epochs`` stepped once per epoch (constant without an epoch budget: max_steps only)."""
+    optimizer = torch.optim.Adam(parameters, lr=hparams.lr, weight_decay=hparams.weight_decay)
+    if not hparams.cosine or not max_epochs or max_epochs < 1:
+        return optimizer
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
 class ConditionalFlow(LightningModule):
     """p(x | c) by maximum likelihood; samples a background template at given contexts.
 
@@ -244,12 +254,7 @@ class ConditionalFlow(LightningModule):
         }
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.flow.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        epochs = self.trainer.max_epochs
-        if not self.hparams.cosine or not epochs or epochs < 1:  # no epoch budget (max_steps only): constant
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return adam_with_cosine(self.flow.parameters(), self.hparams, self.trainer.max_epochs)
 
 
 class _evaluating:

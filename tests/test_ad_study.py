@@ -1,0 +1,209 @@
+"""``hepgen ad run``: a study of many trainings that resumes, splits into jobs and reports truthfully."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hepgen.cli import main
+from hepgen.study import Point, StudyError, load_study, run_study, stage_arguments
+from hepgen.study_report import collect, markdown, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIFIER = str(ROOT / "tests" / "conf" / "ad_tiny.yaml")
+REWEIGHT = str(ROOT / "tests" / "conf" / "ad_reweight_tiny.yaml")
+#: A made Toy NR study small enough for seconds per training.
+TOY = dict(source="made", toy_kind="nr", events=3000, test_background=6000, test_signal=1500,
+           fullsup_background=3000, fullsup_signal=1500)  # fmt: skip
+
+
+def study_spec(tmp_path: Path, **changes) -> dict:
+    spec = {
+        "study": "tiny",
+        "root": str(tmp_path / "runs"),
+        "data": {"data_dir": str(tmp_path / "toy"), **TOY},
+        "signal_fractions": [0.05],
+        "injection_seeds": [1, 2],
+        "methods": {
+            "ideal": {"stages": [{"name": "classifier", "config": CLASSIFIER, "commands": ["fit", "test", "predict"]}]},
+            "reweight": {
+                "stages": [
+                    {"name": "weights", "config": REWEIGHT, "commands": ["fit", "predict"]},
+                    {"name": "classifier", "config": CLASSIFIER, "commands": ["fit", "test", "predict"],
+                     "args": {"data.init_args.method": "template",
+                              "data.init_args.template": "{weights}/predictions/template.npz"}},
+                ]
+            },
+        },
+    }  # fmt: skip
+    spec.update(changes)
+    return spec
+
+
+def write_spec(tmp_path: Path, spec: dict, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """The tiny study run to the end through the command line, as a user runs it."""
+    tmp_path = tmp_path_factory.mktemp("ad_study_run")
+    path = write_spec(tmp_path, study_spec(tmp_path))
+    main(["ad", "run", "-c", str(path)])
+    return load_study(path)
+
+
+def test_every_point_trains_each_stage_once_and_the_template_stage_reads_its_own_weights(finished_study):
+    study = finished_study
+    assert len(study.points()) == 4
+    for point in study.points():
+        for stage in study.methods[point.method].stages:
+            stage_dir = study.point_dir(point) / stage.name
+            assert (stage_dir / "checkpoints" / "last.ckpt").is_file()
+            assert all((stage_dir / ".study" / f"{c}.done").is_file() for c in stage.commands)
+    # the placeholder became this point's own weights stage, not another seed's
+    point = Point("reweight", 0.05, 2)
+    saved = yaml.safe_load((study.point_dir(point) / "classifier" / "config.yaml").read_text())
+    assert saved["data"]["init_args"]["template"] == str(study.point_dir(point) / "weights" / "predictions" / "template.npz")
+    assert saved["data"]["init_args"]["injection_seed"] == 2
+
+
+def test_report_is_the_median_of_the_points_test_metrics(finished_study):
+    study = finished_study
+    table = collect(study)
+    for method in ("ideal", "reweight"):
+        runs = [
+            json.loads((study.point_dir(Point(method, 0.05, g)) / "classifier" / "metrics.json").read_text())["test"]
+            for g in (1, 2)
+        ]
+        entry = table[method]["0.05"]
+        assert entry["max_sic"]["median"] == pytest.approx(np.median([r["max_sic"] for r in runs]))
+        assert entry["max_sic"]["n"] == 2
+        assert entry["max_sic_fraction"]["median"] == pytest.approx(np.median([r["max_sic_fraction"] for r in runs]))
+    report = study.folder / "report"
+    saved = json.loads((report / "report.json").read_text())
+    assert saved["methods"]["ideal"]["0.05"]["max_sic"]["median"] == pytest.approx(table["ideal"]["0.05"]["max_sic"]["median"])
+    assert saved["optimal_max_sic"] == pytest.approx(runs[0]["optimal_max_sic"])
+    for name in ("max_sic_vs_sb.png", "sic_vs_tpr.png", "roc.png", "report.md"):
+        assert (report / name).stat().st_size > 0
+    rows = [line for line in (report / "report.md").read_text().splitlines() if line.startswith("| ideal") or line.startswith("| reweight")]
+    assert len(rows) == 2
+
+
+def test_a_rerun_skips_finished_work_and_a_killed_fit_continues_from_its_checkpoint(finished_study):
+    study = finished_study
+    assert run_study(study) == []  # everything done: nothing runs again
+    point = Point("reweight", 0.05, 1)
+    stage_dir = study.point_dir(point) / "classifier"
+    metrics_before = (stage_dir / "metrics.json").read_text()
+    # as if the job was killed after the classifier's fit had written last.ckpt, before its marker
+    for command in ("fit", "test", "predict"):
+        (stage_dir / ".study" / f"{command}.done").unlink()
+    weights_fit = (study.point_dir(point) / "weights" / ".study" / "fit.done").read_text()
+    assert run_study(study) == [point]
+    log = (study.point_dir(point) / "classifier.log").read_text()
+    assert log.count("$ hepgen fit") == 2 and "--ckpt_path=last" in log.split("$ hepgen fit")[-1]
+    assert (study.point_dir(point) / "weights" / ".study" / "fit.done").read_text() == weights_fit  # not redone
+    assert sorted(p.name for p in study.point_dir(point).iterdir() if p.is_dir() and not p.is_symlink()) == ["classifier", "weights"]
+    # the resumed fit had nothing left to train, so the test gives the same numbers again
+    assert json.loads((stage_dir / "metrics.json").read_text())["test"] == json.loads(metrics_before)["test"]
+
+
+def test_jobs_share_the_points_without_overlap(tmp_path):
+    study = load_study(write_spec(tmp_path, study_spec(tmp_path, injection_seeds=[1, 2, 3])))
+    points = study.points()
+    shares = [[p for i, p in enumerate(points) if i % 2 == job] for job in (0, 1)]
+    assert sorted(map(repr, shares[0] + shares[1])) == sorted(map(repr, points)) and not set(shares[0]) & set(shares[1])
+    with pytest.raises(StudyError, match="--job 2 --jobs 2"):
+        run_study(study, job=2, jobs=2)
+
+
+def test_method_narrows_the_scan(tmp_path):
+    spec = study_spec(tmp_path, signal_fractions=[0.0, 0.05])
+    spec["methods"]["ideal"]["signal_fractions"] = [0.05]
+    study = load_study(write_spec(tmp_path, spec))
+    labels = sorted(f"{p.method}/{p.label}" for p in study.points())
+    assert labels == ["ideal/s0.05_g1", "ideal/s0.05_g2", "reweight/s0.05_g1", "reweight/s0.05_g2",
+                      "reweight/s0_g1", "reweight/s0_g2"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.update(sedds=[1]), "unknown key 'sedds' in the study"),
+        (lambda s: s["methods"]["ideal"]["stages"][0].update(comands=["fit"]), "unknown key 'comands' in methods.ideal.stages"),
+        (lambda s: s["methods"]["reweight"]["stages"][1]["args"].update({"x": "{wieghts}/t.npz"}), r"placeholder \{wieghts\}"),
+        (lambda s: s["methods"]["ideal"]["stages"][0].update(config="nowhere.yaml"), "nowhere.yaml not found"),
+        (lambda s: s["methods"]["ideal"]["stages"][0].update(commands=["test", "fit"]), "fit must come first"),
+        (lambda s: s["methods"]["ideal"].update(report_stage="weights"), "report_stage 'weights'"),
+    ],
+)
+def test_bad_study_files_get_one_line_naming_the_key(tmp_path, capsys, monkeypatch, change, message):
+    spec = study_spec(tmp_path)
+    change(spec)
+    path = write_spec(tmp_path, spec)
+    with pytest.raises(StudyError, match=message):
+        load_study(path)
+    monkeypatch.delenv("HEPGEN_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["ad", "run", "-c", str(path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hepgen: error:") and "Traceback" not in err[0]
+    assert not (tmp_path / "runs").exists()  # refused before anything was made or trained
+
+
+def test_a_failing_stage_names_itself_and_its_log_and_leaves_no_run_directory(tmp_path):
+    spec = study_spec(tmp_path, injection_seeds=[1])
+    spec["methods"] = {"ideal": {"stages": [{"name": "classifier", "config": CLASSIFIER,
+                                             "args": {"model.init_args.hiden": [4]}}]}}  # fmt: skip
+    path = write_spec(tmp_path, spec)
+    with pytest.raises(StudyError, match=r"hepgen fit failed: .*hiden.*classifier\.log"):
+        main(["ad", "run", "-c", str(path)])
+    point_dir = load_study(path).point_dir(Point("ideal", 0.05, 1))
+    assert (point_dir / "classifier.log").is_file() and not (point_dir / "classifier").exists()
+
+
+def test_missing_data_file_of_a_made_study_is_named(tmp_path):
+    first = write_spec(tmp_path, study_spec(tmp_path, injection_seeds=[1]), "first.yaml")
+    from hepgen.study import prepare_data
+
+    prepare_data(load_study(first))
+    wider = load_study(write_spec(tmp_path, study_spec(tmp_path, injection_seeds=[1, 2]), "wider.yaml"))
+    with pytest.raises(StudyError, match=r"seed2/data_0.05.npz is missing"):
+        prepare_data(wider)
+
+
+def test_summary_quantiles_on_known_values():
+    summary = summarise([1.0, 2.0, 3.0, 4.0, 100.0, None, float("nan")])
+    assert summary["median"] == 3.0 and summary["n"] == 5
+    assert summary["q16"] == pytest.approx(np.quantile([1, 2, 3, 4, 100], 0.16))
+    assert summarise([None]) is None
+    table = {"m": {"0.01": {"signal_fraction": 0.01, "points": [{}], "max_sic": summary, "max_sic_fraction": None,
+                            "sic_at_rejection_1e3": None, "auc": None, "closure_auc": None}}}  # fmt: skip
+    assert "| m | 1 % | 1 | 3.00 [" in markdown(table, 9.0)
+
+
+def test_a_shared_stage_is_one_run_that_every_point_reads(tmp_path):
+    spec = study_spec(tmp_path, signal_fractions=[0.0, 0.05])
+    spec["methods"]["reweight"]["stages"][0]["shared"] = True
+    study = load_study(write_spec(tmp_path, spec))
+    method = study.methods["reweight"]
+    weights, classifier = method.stages
+    shared = study.folder / "reweight" / "shared" / "weights"
+    for point in (p for p in study.points() if p.method == "reweight"):
+        dirs = {s.name: study.stage_dir(point, s) for s in method.stages}
+        assert dirs["weights"] == shared and dirs["classifier"] == study.point_dir(point) / "classifier"
+        args = stage_arguments(study, point, classifier, dirs)
+        assert f"--data.init_args.template={shared}/predictions/template.npz" in args
+        assert f"--data.init_args.injection_seed={point.injection_seed}" in args
+        # the shared stage itself always trains at the method's first point
+        own = stage_arguments(study, point, weights, dirs)
+        assert "--data.init_args.signal_fraction=0.0" in own and "--data.init_args.injection_seed=1" in own
+        assert "--run.experiment=reweight/shared" in own and "--run.version=weights" in own
