@@ -108,7 +108,9 @@ class TemplateWriter(BasePredictionWriter):
     ``weight`` (one per sample: its context's weight, 1 without context weights) and ``row`` (the
     context's index), as :meth:`hepgen.models.ad_generate.ConditionalFlow.predict_step` returns.
     The file (:func:`write_template`) keeps the contexts in the order of the predict data and
-    the k samples of each context together (row n k + j: context n, its j-th sample).
+    the k samples of each context together (row n k + j: context n, its j-th sample). Samples of
+    held-out control-region events (``region`` 1, ``RegionDataModule(closure_events=...)``) go to
+    ``<name>_cr.npz``, the template of the closure test.
 
     Args:
         filename: the file's name in ``predictions/``.
@@ -121,12 +123,17 @@ class TemplateWriter(BasePredictionWriter):
         self.filename = filename
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        local = gather_predictions(trainer, predictions, ("samples", "weight", "row"))
+        keys = ("samples", "weight", "row", "region") if "region" in predictions[0] else ("samples", "weight", "row")
+        local = gather_predictions(trainer, predictions, keys)
         if local is None:
             return
         # DDP ranks sample interleaved batches; a stable sort keeps each context's copies in order
         order = np.argsort(local["row"], kind="stable")
-        write_template(trainer, local["samples"][order], local["weight"][order], self.filename)
+        samples, weight = local["samples"][order], local["weight"][order]
+        region = local["region"][order] if "region" in local else np.zeros(len(weight), dtype=np.int8)
+        write_template(trainer, samples[region == 0], weight[region == 0], self.filename)
+        if (region == 1).any():  # the held-out control region's template, for the closure test
+            write_template(trainer, samples[region == 1], weight[region == 1], self.filename.replace(".npz", "_cr.npz"))
 
 
 class ReweightTemplateWriter(BasePredictionWriter):

@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.anomaly import (
-    TOY_CONTEXT, check_toy_study_file, make_toy_study, study_columns, study_context_columns, study_files,
+    TOY_CONTEXT, check_toy_study_file, control_region_hold_out, make_toy_study, study_columns,
+    study_context_columns, study_files,
 )
 from datamodules.base import HepDataModule
 from datamodules.datasets import ArrayDictDataset
@@ -41,6 +42,9 @@ REGIONS = ("cr", "sr")
 #: Generate, to be reweighted to the data's context), the data's own SR events, or draws from a
 #: kernel density estimate of the data's SR contexts (CATHODE's resonant case).
 CONTEXT_SOURCES = ("mc_sr", "data_sr", "kde_sr")
+#: The held-out control-region events a closure template is made of (:func:`control_region_hold_out`):
+#: the data's contexts (Generate samples at them) or the MC's events (Morph transports them).
+CLOSURE_EVENTS = ("data_held", "mc_held")
 #: Samples of a study a test split can hold.
 TEST_SAMPLES = tuple(sorted({*STUDY_EVENTS, "data_cr", "data_sr"}))
 
@@ -77,6 +81,25 @@ def kde_sr_contexts(
     return low + width / (1.0 + np.exp(-z))
 
 
+def read_event_weights(path: str | Path, events: int, what: str) -> np.ndarray:
+    """``weights`` (events,) float64 of an ``.npz``, one per event of ``what`` in its order, finite and >= 0."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"weights not found: {path} (an .npz with 'weights', one per event of {what}).")
+    with np.load(path, allow_pickle=False) as archive:
+        if "weights" not in archive.files:
+            raise DataFileError(f"{path}: key 'weights' missing (found {sorted(archive.files)}).")
+        weights = np.asarray(archive["weights"], dtype=np.float64)
+    if weights.shape != (events,):
+        raise DataFileError(
+            f"{path}: 'weights' has shape {weights.shape}, but {what} holds {events} events; "
+            "give one weight per event, in file order."
+        )
+    if not np.all(np.isfinite(weights) & (weights >= 0)):
+        raise DataFileError(f"{path}: 'weights' must be finite and >= 0.")
+    return weights
+
+
 class RegionDataModule(HepDataModule):
     """``sample`` in ``region`` of a study, for conditional density estimation p(x | c).
 
@@ -109,6 +132,12 @@ class RegionDataModule(HepDataModule):
             ``data_sr``, one per SR event in file order (the seed's context weights p_data(c) /
             p_MC(c), learnt in the CR), carried with every sample drawn at that context.
         kde_bandwidth: the KDE's bandwidth factor (:func:`kde_sr_contexts`).
+        closure_events: also predict at the held-out control-region events (``data_held`` or
+            ``mc_held``, see :data:`CLOSURE_EVENTS`), flagged ``region`` 1, so that the template
+            writer adds ``template_cr.npz``, the method's template of events it never trained on
+            (the closure test's). ``None``: the SR template only.
+        closure_weights: ``.npz`` whose ``weights`` weigh the ``mc_held`` events, in their order
+            (a context-weights run's ``template_cr.npz``).
         val_fraction, split_seed, batch_size, num_workers, made_events, made_seed: as
             :class:`HepDataModule`; ``made_events`` is the data background in the SR of a made
             study. The seed split 80/20; ``split_seed`` also seeds the subsample and the KDE draws.
@@ -136,6 +165,8 @@ class RegionDataModule(HepDataModule):
         predict_events: int | None = None,
         context_weights: str | None = None,
         kde_bandwidth: float | None = None,
+        closure_events: str | None = None,
+        closure_weights: str | None = None,
         val_fraction: float = 0.2,
         split_seed: int = 42,
         batch_size: int = 256,
@@ -161,6 +192,17 @@ class RegionDataModule(HepDataModule):
             )
         if not 0.0 < val_fraction < 1.0:
             raise ConfigValueError(f"data.val_fraction={val_fraction}: give a fraction in (0, 1).")
+        if closure_events is not None and closure_events not in CLOSURE_EVENTS:
+            raise ConfigValueError(
+                f"data.closure_events={closure_events!r}: choose one of {', '.join(CLOSURE_EVENTS)} or null."
+            )
+        if closure_weights is not None and closure_events != "mc_held":
+            raise ConfigValueError("data.closure_weights weigh the held-out MC events: set data.closure_events mc_held.")
+        if closure_events == "mc_held" and predict_contexts == "kde_sr":
+            raise ConfigValueError(
+                "data.closure_events=mc_held carries events with features, KDE draws (kde_sr) have none; "
+                "use data_held (Generate) or SR events (mc_sr, data_sr)."
+            )
         if context_weights is not None and predict_contexts == "kde_sr":
             raise ConfigValueError(
                 "data.context_weights weigh the SR events of mc_sr or data_sr; KDE draws (kde_sr) have none."
@@ -182,6 +224,8 @@ class RegionDataModule(HepDataModule):
         self.predict_events = predict_events
         self.context_weights = context_weights
         self.kde_bandwidth = kde_bandwidth
+        self.closure_events = closure_events
+        self.closure_weights = closure_weights
         self._n_pool: int | None = None
 
     # --- files -------------------------------------------------------------------------------
@@ -220,6 +264,9 @@ class RegionDataModule(HepDataModule):
     def load_events(self) -> dict[str, torch.Tensor]:
         study = self._study()
         pool = study[f"{self.sample}_{self.region}"]
+        if self.region == "cr" and self.sample in ("data", "mc"):
+            # never the held-out events: they are the closure test's (the same seeded draw there)
+            pool = control_region_hold_out(study, self.split_seed)[f"{self.sample}_rest"]
         if len(pool) == 0:
             where = f"{self.data_dir}: the {self.sample} sample"
             raise DataFileError(f"{where} has no events in the {self.region.upper()}; check the files and region cuts.")
@@ -266,21 +313,14 @@ class RegionDataModule(HepDataModule):
         """Weights (n,) of the first n of ``events`` SR contexts: ones, or ``context_weights``."""
         if self.context_weights is None:
             return np.ones(n)
-        path = Path(self.context_weights)
-        if not path.is_file():
-            raise DataFileError(f"context weights not found: {path} (an .npz with 'weights', one per SR context).")
-        with np.load(path, allow_pickle=False) as archive:
-            if "weights" not in archive.files:
-                raise DataFileError(f"{path}: key 'weights' missing (found {sorted(archive.files)}).")
-            weights = np.asarray(archive["weights"], dtype=np.float64)
-        if weights.shape != (events,):
-            raise DataFileError(
-                f"{path}: 'weights' has shape {weights.shape}, but {self.predict_contexts} holds {events} events; "
-                "give one weight per SR event, in file order."
-            )
-        if not np.all(np.isfinite(weights) & (weights >= 0)):
-            raise DataFileError(f"{path}: 'weights' must be finite and >= 0.")
-        return weights[:n]
+        return read_event_weights(self.context_weights, events, self.predict_contexts)[:n]
+
+    def _closure_events(self, study: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out CR rows (N, C + D) of ``closure_events`` and their weights (N,)."""
+        rows = control_region_hold_out(study, self.split_seed)[self.closure_events]
+        if self.closure_weights is None:
+            return rows, np.ones(len(rows))
+        return rows, read_event_weights(self.closure_weights, len(rows), "the held-out CR MC (mc_held)")
 
     def predict_dataloader(self) -> DataLoader:
         study = self._study()
@@ -294,4 +334,14 @@ class RegionDataModule(HepDataModule):
         if self.predict_contexts != "kde_sr":  # SR events: their features beside their contexts
             features = study[self.predict_contexts][: self.predict_events, self.n_context :]
             events["features"] = torch.as_tensor(features, dtype=torch.float64)
+        if self.closure_events is not None:  # then the held-out CR events, flagged region 1
+            rows, weights = self._closure_events(study)
+            held = {
+                "context": torch.as_tensor(rows[:, : self.n_context], dtype=torch.float64),
+                "weight": torch.as_tensor(weights, dtype=torch.float64),
+                "row": torch.arange(len(contexts), len(contexts) + len(rows)),
+                "features": torch.as_tensor(rows[:, self.n_context :], dtype=torch.float64),
+            }
+            events = {k: torch.cat([v, held[k]]) for k, v in events.items()}
+            events["region"] = torch.cat([torch.zeros(len(contexts)), torch.ones(len(rows))]).to(torch.int8)
         return self.dataloader(ArrayDictDataset(events), shuffle=False)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import re
 import sys
 import time
@@ -314,6 +315,24 @@ def _last_line(log: Path) -> str:
     return (errors or lines or ["(empty log)"])[-1].strip()
 
 
+@contextlib.contextmanager
+def _log_handlers_to(stream):
+    """Point the console handlers of Python's loggers (Lightning's "Seed set to 0", "GPU
+    available", ...) at ``stream`` for a while: they hold the original stderr, which
+    ``redirect_stderr`` does not reach."""
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    moved = []
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                moved.append((handler, handler.setStream(stream)))
+    try:
+        yield
+    finally:
+        for handler, previous in moved:
+            handler.setStream(previous)
+
+
 def run_command(command: str, config: Path, arguments: list[str], log: Path) -> float:
     """``hepgen <command> -c <config> <arguments>`` in this process, its output appended to ``log``.
 
@@ -331,7 +350,7 @@ def run_command(command: str, config: Path, arguments: list[str], log: Path) -> 
         saved_argv = sys.argv
         sys.argv = [saved_argv[0], *argv]  # as if typed: LightningCLI warns when given args and a command line
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), _log_handlers_to(out):
                 hepgen_main()
         except SystemExit as exit_:
             if exit_.code not in (0, None):

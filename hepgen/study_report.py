@@ -125,6 +125,10 @@ def max_sic_figure(table: dict, optimum: float | None, n_background_sr: float | 
         median = np.array([e["max_sic"]["median"] for e in rows])
         low, high = (np.array([e["max_sic"][k] for e in rows]) for k in ("q16", "q84"))
         colour = f"C{i}"
+        if len(rows) == 1:  # a method that does not depend on S/B (Supervised): a reference line
+            ax.axhline(median[0], color=colour, linestyle="-.", label=f"{method} (any S/B)")
+            ax.axhspan(low[0], high[0], color=colour, alpha=0.15, linewidth=0)
+            continue
         ax.plot(sb, median, marker="o", color=colour, label=method)
         ax.fill_between(sb, low, high, color=colour, alpha=0.2, linewidth=0)
     if optimum:
@@ -156,8 +160,14 @@ def curve_figures(study, signal_fraction: float | None, optimum: float | None) -
     roc = Figure(figsize=(6, 4.5), layout="constrained")
     ax_sic, ax_roc = sic.subplots(), roc.subplots()
     for i, method in enumerate(study.methods.values()):
-        fraction = signal_fraction if signal_fraction in method.signal_fractions or not method.signal_fractions else None
-        scores = _first_scores(study, method, fraction if method.signal_fractions else None)
+        fractions = method.signal_fractions
+        if not fractions or signal_fraction in fractions:
+            fraction = signal_fraction if fractions else None
+        elif len(fractions) == 1:  # a method at one S/B only (Supervised): its curve is the reference
+            fraction = fractions[0]
+        else:
+            continue
+        scores = _first_scores(study, method, fraction)
         if scores is None:
             continue
         eps_s, eps_b, _ = roc_curve(scores[0], scores[1])
@@ -216,7 +226,7 @@ def write_report(study) -> list[Path]:
         save_figure(max_sic_figure(table, optimum, n_background), out / "max_sic_vs_sb.png"),
     ]
     fractions = sorted({s for m in study.methods.values() for s in m.signal_fractions})
-    plotted = min(fractions, key=lambda s: abs(s - 0.01)) if fractions else None
+    plotted = min(fractions, key=lambda s: (abs(s - 0.01), -s)) if fractions else None  # ties: the larger
     for name, fig in curve_figures(study, plotted, optimum).items():
         paths.append(save_figure(fig, out / f"{name}.png"))
     return paths

@@ -103,3 +103,19 @@ def test_reweight_predict_writes_the_control_region_template_of_the_held_out_mc(
         # the classifier learnt the MC's too-wide context: events far out weigh less than central ones
         r = np.hypot(cr["samples"][:, 0], cr["samples"][:, 1])
         assert cr["weights"][r > 2.5].mean() < cr["weights"][r < 1.0].mean()
+
+
+@pytest.mark.parametrize("sample", ["data", "mc"])
+def test_density_methods_never_train_on_the_held_out_events(wide_cr_study, sample):
+    from datamodules.ad_regions import RegionDataModule
+
+    held = _held_out(wide_cr_study)
+    dm = RegionDataModule(data_dir=str(wide_cr_study), source="real", sample=sample, region="cr",
+                          signal_fraction=0.0, test_sample=None)  # fmt: skip
+    dm.setup("fit")
+    pool = np.concatenate([
+        np.c_[dm.datasets[k].head()["context"].numpy(), dm.datasets[k].head()["features"].numpy()] for k in ("train", "val")
+    ])  # fmt: skip
+    as_set = lambda rows: {tuple(r) for r in np.asarray(rows, dtype=np.float32)}  # noqa: E731
+    assert len(pool) == len(held[f"{sample}_rest"])
+    assert not as_set(pool) & as_set(held[f"{sample}_held"])

@@ -182,10 +182,28 @@ def test_template_file_round_trips_with_context_weights(trained, toy_r_dir, tmp_
     assert (tmp_path / "predictions" / "template.1.npz").is_file()
 
 
+def test_closure_template_is_sampled_at_the_held_out_sideband_contexts(trained, toy_r_dir, tmp_path):
+    """With closure_events: data_held, predict adds template_cr.npz: k samples at each held-out
+    sideband mass, in the held-out order, weight 1, beside the SR template (masses in the window)."""
+    from datamodules.anomaly import control_region_hold_out
+    from hepgen.io.anomaly import read_seed_study
+
+    model, _, _ = trained
+    held = control_region_hold_out(read_seed_study(toy_r_dir, 0.0, 1), split_seed=42)["data_held"]
+    data = _region(toy_r_dir, predict_contexts="kde_sr", predict_events=40, closure_events="data_held", batch_size=64)
+    _trainer(tmp_path, callbacks=[TemplateWriter()]).predict(model, datamodule=data, return_predictions=False)
+    sr, _ = read_template(tmp_path / "predictions" / "template.npz", 5)
+    cr, weights = read_template(tmp_path / "predictions" / "template_cr.npz", 5)
+    assert sr.shape == (160, 5) and np.all((sr[:, 0] >= 1.0) & (sr[:, 0] <= 1.5))
+    np.testing.assert_array_equal(cr[:, 0], np.repeat(held[:, 0], 4))
+    np.testing.assert_array_equal(weights, np.ones(len(cr)))
+    assert np.all((held[:, 0] < 1.0) | (held[:, 0] > 1.5))  # the sidebands
+
+
 def test_context_weights_must_match_the_contexts(toy_r_dir, tmp_path):
     np.savez(tmp_path / "w.npz", weights=np.ones(7))
     data = _region(toy_r_dir, predict_contexts="mc_sr", context_weights=str(tmp_path / "w.npz"))
-    with pytest.raises(Exception, match="one weight per SR event"):
+    with pytest.raises(Exception, match="one weight per event"):
         data.predict_dataloader()
 
 

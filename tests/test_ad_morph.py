@@ -125,6 +125,31 @@ def test_before_training_the_template_is_the_mc_itself(base_ckpt, ad_study_dir, 
     torch.testing.assert_close(model.log_prob(x, c), model.base.log_prob(x, c), rtol=0, atol=1e-5)
 
 
+def test_the_closure_template_is_the_held_out_cr_mc_with_its_weights(base_ckpt, ad_study_dir, tmp_path):
+    """closure_events: mc_held adds template_cr.npz, the held-out control-region MC through T^-1
+    (the identity before training) with the weights of closure_weights, in the held-out order."""
+    from datamodules.anomaly import control_region_hold_out
+    from hepgen.io.anomaly import read_seed_study
+
+    held = control_region_hold_out(read_seed_study(ad_study_dir, 0.05, 1), split_seed=42)["mc_held"]
+    weights = np.random.default_rng(4).uniform(0.5, 2.0, len(held))
+    np.savez(tmp_path / "w_cr.npz", weights=weights)
+    data = _region(ad_study_dir, sample="data", region="cr", predict_contexts="mc_sr", predict_events=100,
+                   closure_events="mc_held", closure_weights=str(tmp_path / "w_cr.npz"), batch_size=256)  # fmt: skip
+    model = MorphFlow(str(base_ckpt), 4, 2, transforms=2, hidden=8)
+    _trainer(tmp_path, callbacks=[TemplateWriter()]).predict(model, datamodule=data, return_predictions=False)
+    samples, read_weights = read_template(tmp_path / "predictions" / "template_cr.npz", 6)
+    np.testing.assert_array_equal(samples[:, :2], held[:, :2])
+    np.testing.assert_allclose(samples[:, 2:], held[:, 2:], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(read_weights, weights)
+    assert read_template(tmp_path / "predictions" / "template.npz", 6)[0].shape == (100, 6)
+    np.savez(tmp_path / "short.npz", weights=weights[:-1])
+    short = _region(ad_study_dir, sample="data", region="cr", predict_contexts="mc_sr",
+                    closure_events="mc_held", closure_weights=str(tmp_path / "short.npz"))  # fmt: skip
+    with pytest.raises(Exception, match=r"short.npz: 'weights' has shape .* held-out CR MC"):
+        short.predict_dataloader()
+
+
 def _residual_kl(events: np.ndarray) -> float:
     """KL(N(m, S) || N(0, I)) of the residuals r = x - B c of Toy NR rows [c, x] (N, 6): 0 for the
     data background, whose x | c ~ N(B c, I); the raw MC's N(delta, 1.1^2 I) gives about 0.05 nats."""

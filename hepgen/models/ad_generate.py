@@ -247,11 +247,10 @@ class ConditionalFlow(LightningModule):
         # the noise of a batch depends on the global seed and its first context only
         generator = torch.Generator(device=self.device).manual_seed(torch.initial_seed() + int(rows[0]))
         samples = self.sample_template(batch["context"], k, generator, rows)
-        return {
-            "samples": samples,
-            "weight": batch["weight"].repeat_interleave(k),
-            "row": rows.repeat_interleave(k),
-        }
+        out = {"samples": samples, "weight": batch["weight"].repeat_interleave(k), "row": rows.repeat_interleave(k)}
+        if "region" in batch:  # 0 SR, 1 held-out CR (the closure template)
+            out["region"] = batch["region"].repeat_interleave(k)
+        return out
 
     def configure_optimizers(self):
         return adam_with_cosine(self.flow.parameters(), self.hparams, self.trainer.max_epochs)

@@ -221,7 +221,10 @@ class MorphFlow(LightningModule):
             )
         context = batch["context"]
         x = self.morph(batch["features"], context).to(context.dtype)
-        return {"samples": torch.cat([context, x], dim=1), "weight": batch["weight"], "row": batch["row"]}
+        out = {"samples": torch.cat([context, x], dim=1), "weight": batch["weight"], "row": batch["row"]}
+        if "region" in batch:  # 0 SR, 1 held-out CR (the closure template)
+            out["region"] = batch["region"]
+        return out
 
     def configure_optimizers(self):
         # T alone: the base is frozen and never seen by the optimizer
