@@ -31,7 +31,10 @@ Two layouts are read:
 * ``lhco_sr``: the CATHODE-style ``.npy`` files of LHCO R&D signal-region events
   (``sr_data_train``, ``sr_data_val``, ``sr_signal``; 6 columns, m_jj first, label last). The
   test set is held out from the files: ``lhco_test_background`` label-0 rows of
-  ``sr_data_val`` and ``lhco_test_signal`` rows of ``sr_signal``; the rest of each is the
+  ``sr_data_val`` and ``lhco_test_signal`` rows of ``sr_signal``, or, with ``test_folds`` k, the
+  ``test_fold``-th of k folds of each (k runs then score every event once, each by a classifier
+  that never saw it: k-fold testing, which trains on (k - 1)/k of the scarce true background
+  instead of a third); the rest of each is the
   training reference (Ideal's background, Supervised's signal).
 
 The classes' summed weights are made equal, as in the seed, so the classifier output f
@@ -157,6 +160,16 @@ def control_region_hold_out(study: dict[str, np.ndarray], split_seed: int) -> di
     return out
 
 
+def fold(rows: np.ndarray, folds: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fold ``index`` of ``folds`` contiguous folds of ``rows``, the other folds): k-fold testing's cut.
+
+    The folds are as equal as can be (sizes differ by at most one) and together hold every row once.
+    """
+    edges = np.linspace(0, len(rows), folds + 1).round().astype(int)
+    lo, hi = edges[index], edges[index + 1]
+    return rows[lo:hi], np.concatenate([rows[:lo], rows[hi:]])
+
+
 def equalise_classes(label: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Weights rescaled so that each class sums to half the number of events (N/2 each)."""
     weight = weight.astype(np.float64).copy()
@@ -194,6 +207,10 @@ class WeakSupervisionDataModule(HepDataModule):
         max_train_events: at most this many events of the training pool (a seeded subsample).
         lhco_test_background: SR background events held out for testing (``lhco_sr``).
         lhco_test_signal: signal events held out for testing (``lhco_sr``).
+        test_folds: k of k-fold testing (``lhco_sr``): the background and signal are cut into k
+            seeded folds and fold ``test_fold`` is the test set (``lhco_test_*`` are then unused);
+            ``None``: the fixed held-out sizes above. ``hepgen ad run`` combines the k runs' scores.
+        test_fold: the fold tested in this run, 0 <= test_fold < test_folds.
         predict_file: a ``.npy`` in the 6-column LHCO signal-region layout (``lhco_sr``) whose rows
             ``hepgen predict`` scores; unset, it scores the test split.
         val_fraction, split_seed, batch_size, num_workers, made_events, made_seed: as :class:`HepDataModule`;
@@ -221,6 +238,8 @@ class WeakSupervisionDataModule(HepDataModule):
         max_train_events: int | None = None,
         lhco_test_background: int = 40_000,
         lhco_test_signal: int = 20_000,
+        test_folds: int | None = None,
+        test_fold: int = 0,
         predict_file: str | None = None,
         val_fraction: float = 0.33,
         split_seed: int = 42,
@@ -262,6 +281,12 @@ class WeakSupervisionDataModule(HepDataModule):
         self.max_train_events = max_train_events
         self.lhco_test_background = lhco_test_background
         self.lhco_test_signal = lhco_test_signal
+        if test_folds is not None and (layout != "lhco_sr" or test_folds < 2 or not 0 <= test_fold < test_folds):
+            raise ConfigValueError(
+                f"data.test_folds={test_folds}, data.test_fold={test_fold}: k-fold testing needs layout: lhco_sr, "
+                "test_folds >= 2 and 0 <= test_fold < test_folds."
+            )
+        self.test_folds, self.test_fold = test_folds, test_fold
         if predict_file is not None and layout != "lhco_sr":
             raise ConfigValueError("data.predict_file reads the 6-column LHCO layout: use it with layout: lhco_sr.")
         self.predict_file = predict_file
@@ -369,16 +394,20 @@ class WeakSupervisionDataModule(HepDataModule):
         background = val[val[:, -1] == 0]
         background = background[rng.permutation(len(background))]
         signal = signal[rng.permutation(len(signal))]
-        n_bkg, n_sig = self.lhco_test_background, self.lhco_test_signal
-        for name, need, have in (("lhco_test_background", n_bkg, len(background)), ("lhco_test_signal", n_sig, len(signal))):
-            if need >= have:
-                raise ConfigValueError(
-                    f"data.{name}={need}: the files hold {have} such events, and some must remain for training."
-                )
-        test = np.concatenate([signal[:n_sig], background[:n_bkg]])[:, :-1]
-        test = np.c_[test, np.r_[np.ones(n_sig), np.zeros(n_bkg)]]
-        zeros = background[n_bkg:, :-1]
-        ones = (signal[n_sig:] if self.method == "supervised" else data)[:, :-1]
+        if self.test_folds is None:
+            n_bkg, n_sig = self.lhco_test_background, self.lhco_test_signal
+            for name, need, have in (("lhco_test_background", n_bkg, len(background)), ("lhco_test_signal", n_sig, len(signal))):
+                if need >= have:
+                    raise ConfigValueError(
+                        f"data.{name}={need}: the files hold {have} such events, and some must remain for training."
+                    )
+            (test_bkg, rest_bkg), (test_sig, rest_sig) = (background[:n_bkg], background[n_bkg:]), (signal[:n_sig], signal[n_sig:])
+        else:
+            (test_bkg, rest_bkg), (test_sig, rest_sig) = (fold(rows, self.test_folds, self.test_fold) for rows in (background, signal))
+        test = np.concatenate([test_sig, test_bkg])[:, :-1]
+        test = np.c_[test, np.r_[np.ones(len(test_sig)), np.zeros(len(test_bkg))]]
+        zeros = rest_bkg[:, :-1]
+        ones = (rest_sig if self.method == "supervised" else data)[:, :-1]
         if self.method == "template":
             zeros, weights = self._template(ones.shape[1])
         else:

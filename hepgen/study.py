@@ -34,7 +34,9 @@ is the run directory of the stage named ``weights`` at the same point. The study
 
 A method may narrow the scan (``signal_fractions:`` or ``injection_seeds:`` of its own, e.g.
 Supervised, which does not depend on S/B), and a stage that depends on no point (Morph's base
-flow on the simulation) says ``shared: true`` and is trained once, in ``<method>/shared/``. Its ``report_stage`` (default: the last) is the SR
+flow on the simulation) says ``shared: true`` and is trained once, in ``<method>/shared/``. With
+``folds: k`` every point runs k times, one per test fold (``data.init_args.test_fold``), and the
+report scores the k folds' out-of-fold predictions together (k-fold testing). Its ``report_stage`` (default: the last) is the SR
 classifier whose ``test`` metrics the report collects; a ``closure_stage`` adds the control-region
 closure AUC.
 
@@ -64,7 +66,7 @@ from hepgen.errors import ConfigValueError, HepgenError
 
 COMMANDS = ("fit", "validate", "test", "predict")
 STUDY_KEYS = {"study", "root", "data", "signal_fractions", "injection_seeds", "common_args", "methods"}
-METHOD_KEYS = {"stages", "signal_fractions", "injection_seeds", "report_stage", "closure_stage"}
+METHOD_KEYS = {"stages", "signal_fractions", "injection_seeds", "folds", "report_stage", "closure_stage"}
 STAGE_KEYS = {"name", "config", "commands", "args", "ckpt_path", "shared"}
 DATA_KEYS = {"data_dir", "source", "toy_kind", "events", "noise_features", "cr_keep", "test_background",
              "test_signal", "fullsup_background", "fullsup_signal", "seed"}  # fmt: skip
@@ -98,15 +100,19 @@ class Method:
     injection_seeds: list[int]
     report_stage: str
     closure_stage: str | None = None
+    #: k of k-fold testing (``data.init_args.test_folds``): each point runs k times, one per test
+    #: fold, and the report scores the k folds' predictions together
+    folds: int | None = None
 
 
 @dataclass(frozen=True)
 class Point:
-    """A method at one (S/B, injection seed); either is ``None`` when the study does not scan it."""
+    """A method at one (S/B, injection seed[, test fold]); each is ``None`` when the study does not scan it."""
 
     method: str
     signal_fraction: float | None
     injection_seed: int | None
+    fold: int | None = None
 
     @property
     def label(self) -> str:
@@ -115,6 +121,8 @@ class Point:
             parts.append(f"s{self.signal_fraction:g}")
         if self.injection_seed is not None:
             parts.append(f"g{self.injection_seed}")
+        if self.fold is not None:
+            parts.append(f"f{self.fold}")
         return "_".join(parts) or "all"
 
 
@@ -133,10 +141,11 @@ class Study:
 
     def points(self) -> list[Point]:
         return [
-            Point(m.name, s, g)
+            Point(m.name, s, g, f)
             for m in self.methods.values()
             for s in (m.signal_fractions or [None])
             for g in (m.injection_seeds or [None])
+            for f in (range(m.folds) if m.folds else [None])
         ]
 
     def point_dir(self, point: Point) -> Path:
@@ -147,7 +156,8 @@ class Study:
         if not stage.shared:
             return point
         method = self.methods[point.method]
-        first = Point(point.method, (method.signal_fractions or [None])[0], (method.injection_seeds or [None])[0])
+        first = Point(point.method, (method.signal_fractions or [None])[0], (method.injection_seeds or [None])[0],
+                      0 if method.folds else None)  # fmt: skip
         return first
 
     def stage_dir(self, point: Point, stage: Stage) -> Path:
@@ -167,6 +177,14 @@ def _mapping(value, where: str, path: Path) -> dict:
         return {}
     if not isinstance(value, dict):
         raise StudyError(f"{path}: {where} must be a mapping of key: value, got {type(value).__name__}.")
+    return value
+
+
+def _folds(value, where: str, path: Path) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or value < 2:
+        raise StudyError(f"{path}: {where}={value!r}: k-fold testing needs an integer k >= 2 (or leave it out).")
     return value
 
 
@@ -232,7 +250,7 @@ def load_study(path: str | Path) -> Study:
             str(name), stages,
             [float(s) for s in entry["signal_fractions"]] if "signal_fractions" in entry else fractions,
             [int(g) for g in entry["injection_seeds"]] if "injection_seeds" in entry else seeds,
-            report, closure,
+            report, closure, _folds(entry.get("folds"), f"methods.{name}.folds", path),
         )  # fmt: skip
     if not methods:
         raise StudyError(f"{path}: methods is empty.")
@@ -300,6 +318,9 @@ def stage_arguments(study: Study, point: Point, stage: Stage, stage_dirs: dict[s
         args["data.init_args.signal_fraction"] = point.signal_fraction
     if point.injection_seed is not None:
         args["data.init_args.injection_seed"] = point.injection_seed
+    if point.fold is not None:
+        args["data.init_args.test_folds"] = study.methods[point.method].folds
+        args["data.init_args.test_fold"] = point.fold
     args.update(study.common_args)
     args.update({k: _substitute(v, stage_dirs) for k, v in stage.args.items()})
     return [f"--{key}={_cli_value(value)}" for key, value in args.items()]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from hepgen.metrics.roc import roc_curve, sic_curve
+from hepgen.metrics.roc import auc, max_sic, roc_curve, sic_at_rejection, sic_curve, sic_floor
 from hepgen.plotting import save_figure
 
 METRICS = ("max_sic", "max_sic_fraction", "sic_at_rejection_1e3", "sic_at_rejection_1e4", "auc")
@@ -63,16 +63,58 @@ def summarise(values: list[float]) -> dict | None:
     return {"median": float(median), "q16": float(low), "q84": float(high), "n": len(finite)}
 
 
+def _scores(study, point) -> tuple[np.ndarray, np.ndarray] | None:
+    """(score, label) of the report stage's ``predictions/scores.npy`` at ``point``, ``None`` if absent."""
+    path = study.point_dir(point) / study.methods[point.method].report_stage / "predictions" / "scores.npy"
+    if not path.is_file():
+        return None
+    table = np.load(path)
+    return table[:, 0], table[:, 1]
+
+
+def group_scores(study, points: list) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scores of a group of points together: the k folds of one (S/B, seed) under k-fold
+    testing, each event scored once by the classifier that never saw it. ``None`` until all exist."""
+    parts = [_scores(study, point) for point in points]
+    if any(part is None for part in parts):
+        return None
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def fold_metrics(study, points: list, relative_error: float = 0.4) -> dict | None:
+    """:class:`~callbacks.anomaly.AnomalyMetrics`' test numbers of the k folds' scores together."""
+    scores = group_scores(study, points)
+    if scores is None:
+        return None
+    eps_s, eps_b, _ = roc_curve(*scores)
+    values = {"auc": auc(eps_s, eps_b), "max_sic": max_sic(eps_s, eps_b, sic_floor(int(np.sum(scores[1] == 0)), relative_error))}
+    for rejection, sic in zip((1e3, 1e4), sic_at_rejection(eps_s, eps_b, (1e3, 1e4))):
+        values[f"sic_at_rejection_{rejection:.0e}".replace("+0", "")] = float(sic)
+    first = point_metrics(study, points[0]) or {}
+    values["optimal_max_sic"] = first.get("optimal_max_sic")
+    values["max_sic_fraction"] = values["max_sic"] / values["optimal_max_sic"] if values["optimal_max_sic"] else None
+    return values
+
+
+def _groups(study) -> dict[tuple, list]:
+    """Points by (method, S/B, seed): one point each, or the k folds of k-fold testing."""
+    groups: dict[tuple, list] = {}
+    for point in study.points():
+        groups.setdefault((point.method, point.signal_fraction, point.injection_seed), []).append(point)
+    return groups
+
+
 def collect(study) -> dict:
     """{method: {S/B label: {"points": [...], metric: summary}}} over the finished points."""
     table: dict[str, dict] = {}
-    for point in study.points():
-        metrics = point_metrics(study, point)
+    for (method, fraction, seed), points in _groups(study).items():
+        folded = points[0].fold is not None
+        metrics = fold_metrics(study, points) if folded else point_metrics(study, points[0])
         if metrics is None:
             continue
-        key = "all" if point.signal_fraction is None else f"{point.signal_fraction:g}"
-        entry = table.setdefault(point.method, {}).setdefault(key, {"signal_fraction": point.signal_fraction, "points": []})
-        entry["points"].append({"injection_seed": point.injection_seed, **metrics})
+        key = "all" if fraction is None else f"{fraction:g}"
+        entry = table.setdefault(method, {}).setdefault(key, {"signal_fraction": fraction, "points": []})
+        entry["points"].append({"injection_seed": seed, **({"folds": len(points)} if folded else {}), **metrics})
     for method in table.values():
         for entry in method.values():
             for name in (*METRICS, "closure_auc"):
@@ -144,13 +186,12 @@ def max_sic_figure(table: dict, optimum: float | None, n_background_sr: float | 
 
 
 def _first_scores(study, method, signal_fraction) -> tuple[np.ndarray, np.ndarray] | None:
-    from hepgen.study import Point
-
-    for g in method.injection_seeds or [None]:
-        path = study.point_dir(Point(method.name, signal_fraction, g)) / method.report_stage / "predictions" / "scores.npy"
-        if path.is_file():
-            table = np.load(path)
-            return table[:, 0], table[:, 1]
+    """The scores of the first injection seed (all its folds) with finished predictions."""
+    for (name, fraction, _), points in _groups(study).items():
+        if name == method.name and fraction == signal_fraction:
+            scores = group_scores(study, points)
+            if scores is not None:
+                return scores
     return None
 
 

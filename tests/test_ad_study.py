@@ -207,3 +207,52 @@ def test_a_shared_stage_is_one_run_that_every_point_reads(tmp_path):
         own = stage_arguments(study, point, weights, dirs)
         assert "--data.init_args.signal_fraction=0.0" in own and "--data.init_args.injection_seed=1" in own
         assert "--run.experiment=reweight/shared" in own and "--run.version=weights" in own
+
+
+# --- k-fold testing ------------------------------------------------------------------------------
+def test_k_folds_test_every_event_once_and_never_train_on_it(lhco_sr_like_dir):
+    from datamodules.anomaly import WeakSupervisionDataModule
+
+    val = np.load(lhco_sr_like_dir / "sr_data_val.npy")
+    signal = np.load(lhco_sr_like_dir / "sr_signal.npy")
+    tested, k = [], 3
+    for i in range(k):
+        dm = WeakSupervisionDataModule(data_dir=str(lhco_sr_like_dir), source="real", layout="lhco_sr",
+                                       method="supervised", test_folds=k, test_fold=i)  # fmt: skip
+        dm.setup("fit")
+        rows = lambda split: np.c_[dm.datasets[split].head()["features"].numpy(), dm.datasets[split].head()["label"].numpy()]  # noqa: E731
+        test, train = rows("test"), np.concatenate([rows("train"), rows("val")])
+        assert not {tuple(r[:-1]) for r in test} & {tuple(r[:-1]) for r in train}
+        tested.append(test)
+    tested = np.concatenate(tested)
+    assert int(np.sum(tested[:, -1] == 0)) == int(np.sum(val[:, -1] == 0))  # every true background event once
+    assert int(np.sum(tested[:, -1] == 1)) == len(signal)
+    assert len({tuple(r) for r in tested}) == len(tested)
+    with pytest.raises(Exception, match="test_fold"):
+        WeakSupervisionDataModule(data_dir=str(lhco_sr_like_dir), layout="lhco_sr", source="real", test_folds=3, test_fold=3)
+
+
+def test_a_k_fold_study_reports_the_folds_scores_together(lhco_sr_like_dir, tmp_path):
+    from hepgen.metrics.roc import auc, max_sic, roc_curve, sic_floor
+    from hepgen.study_report import fold_metrics
+
+    spec = {
+        "study": "lhco", "root": str(tmp_path / "runs"),
+        "methods": {"supervised": {"folds": 2, "stages": [{
+            "name": "classifier", "config": CLASSIFIER, "commands": ["fit", "predict"],
+            "args": {"data.init_args.layout": "lhco_sr", "data.init_args.data_dir": str(lhco_sr_like_dir),
+                     "data.init_args.method": "supervised", "model.init_args.members": 1}}]}},
+    }  # fmt: skip
+    study = load_study(write_spec(tmp_path, spec))
+    assert [p.label for p in study.points()] == ["f0", "f1"]
+    main(["ad", "run", "-c", str(tmp_path / "study.yaml")])
+    parts = [np.load(study.point_dir(p) / "classifier" / "predictions" / "scores.npy") for p in study.points()]
+    score, label = np.concatenate(parts)[:, 0], np.concatenate(parts)[:, 1]
+    assert len(label) == int(np.sum(np.load(lhco_sr_like_dir / "sr_data_val.npy")[:, -1] == 0)) + 1500
+    eps_s, eps_b, _ = roc_curve(score, label)
+    combined = fold_metrics(study, study.points())
+    assert combined["auc"] == pytest.approx(auc(eps_s, eps_b))
+    assert combined["max_sic"] == pytest.approx(max_sic(eps_s, eps_b, sic_floor(int(np.sum(label == 0)))))
+    report = json.loads((study.folder / "report" / "report.json").read_text())
+    assert report["methods"]["supervised"]["all"]["points"][0]["folds"] == 2
+    assert report["methods"]["supervised"]["all"]["max_sic"]["median"] == pytest.approx(combined["max_sic"])
