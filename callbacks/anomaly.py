@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from callbacks.base import ScoreMetric, _concat, gather_predictions
 from hepgen.io.files import write_atomically
 from hepgen.run import next_free_path
-from hepgen.metrics.roc import auc, max_sic, roc_curve, sic_at_rejection, sic_floor
+from hepgen.metrics.roc import anomaly_summary
 
 
 class AnomalyMetrics(ScoreMetric):
@@ -50,11 +50,7 @@ class AnomalyMetrics(ScoreMetric):
 
     def _values(self, trainer, pl_module, kept, stage):
         scores = _concat(kept)
-        eps_s, eps_b, _ = roc_curve(scores["score"], scores["label"], scores["weight"])
-        n_background = int(np.sum(scores["label"] == 0))
-        values = {"auc": auc(eps_s, eps_b), "max_sic": max_sic(eps_s, eps_b, sic_floor(n_background, self.relative_error))}
-        for rejection, sic in zip(self.rejections, sic_at_rejection(eps_s, eps_b, self.rejections)):
-            values[f"sic_at_rejection_{rejection:.0e}".replace("+0", "")] = float(sic)
+        values = anomaly_summary(scores["score"], scores["label"], scores["weight"], self.relative_error, self.rejections)
         if self._optimum is not None and stage == "test":
             values["optimal_max_sic"] = self._optimum
             values["max_sic_fraction"] = values["max_sic"] / self._optimum

@@ -62,7 +62,7 @@ from pathlib import Path
 import yaml
 
 from hepgen.checkpoints import run_checkpoints
-from hepgen.errors import ConfigValueError, HepgenError
+from hepgen.errors import HepgenError
 
 COMMANDS = ("fit", "validate", "test", "predict")
 STUDY_KEYS = {"study", "root", "data", "signal_fractions", "injection_seeds", "common_args", "methods"}

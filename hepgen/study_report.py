@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from hepgen.metrics.roc import auc, max_sic, roc_curve, sic_at_rejection, sic_curve, sic_floor
+from hepgen.metrics.roc import anomaly_summary, roc_curve, sic_curve
 from hepgen.plotting import save_figure
 
 METRICS = ("max_sic", "max_sic_fraction", "sic_at_rejection_1e3", "sic_at_rejection_1e4", "auc")
@@ -86,10 +86,7 @@ def fold_metrics(study, points: list, relative_error: float = 0.4) -> dict | Non
     scores = group_scores(study, points)
     if scores is None:
         return None
-    eps_s, eps_b, _ = roc_curve(*scores)
-    values = {"auc": auc(eps_s, eps_b), "max_sic": max_sic(eps_s, eps_b, sic_floor(int(np.sum(scores[1] == 0)), relative_error))}
-    for rejection, sic in zip((1e3, 1e4), sic_at_rejection(eps_s, eps_b, (1e3, 1e4))):
-        values[f"sic_at_rejection_{rejection:.0e}".replace("+0", "")] = float(sic)
+    values = anomaly_summary(*scores, relative_error=relative_error)
     first = point_metrics(study, points[0]) or {}
     values["optimal_max_sic"] = first.get("optimal_max_sic")
     values["max_sic_fraction"] = values["max_sic"] / values["optimal_max_sic"] if values["optimal_max_sic"] else None

@@ -118,3 +118,14 @@ def roc_summary(score, label, weight=None, signal_efficiencies=(0.2, 0.5), min_e
     for eff, sic in zip(signal_efficiencies, sic_at(eps_s, eps_b, signal_efficiencies)):
         values[f"sic_at_{eff:g}"] = float(sic)
     return values
+
+
+def anomaly_summary(score, label, weight=None, relative_error: float = 0.4, rejections=(1e3, 1e4)) -> dict[str, float]:
+    """The anomaly-detection numbers of one score: ``auc``, ``max_sic`` above the floor
+    :func:`sic_floor` of the score's own background count, and ``sic_at_rejection_1e3`` etc."""
+    eps_s, eps_b, _ = roc_curve(score, label, weight)
+    n_background = int(np.sum(np.asarray(label) == 0))
+    values = {"auc": auc(eps_s, eps_b), "max_sic": max_sic(eps_s, eps_b, sic_floor(n_background, relative_error))}
+    for rejection, sic in zip(rejections, sic_at_rejection(eps_s, eps_b, rejections)):
+        values[f"sic_at_rejection_{rejection:.0e}".replace("+0", "")] = float(sic)
+    return values
