@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 
 from callbacks.base import PhysicsMetric, gather_predictions
@@ -20,6 +21,7 @@ from hepgen.physics.jets import (
     area_jet_metrics,
     cone_metrics,
     cone_pairs,
+    fit_jet_calibration,
     jet_metrics,
     median_rho_subtraction,
     tower_l1,
@@ -126,7 +128,15 @@ class DecompositionMetrics(PhysicsMetric):
       jets, ``jet/jes_r04``, ``jet/jer_r04`` (14-50 GeV), per pT bin (``jet/jer_r04_20_30``),
       efficiency and fake rate (``jet/eff_r04_14_20``, ``jet/fake_r04_14_20``);
     * ``jer_r04_over_area`` and ``jer_cal_over_median_rho``: the model's resolution relative to
-      the baseline's (below 1 is better).
+      the baseline's (below 1 is better);
+    * with ``calibrate``, the jets calibrated as an experiment calibrates its jets on simulation:
+      per method and radius the line pT_reco = a + b pT_true is fitted to matched validation jets,
+      frozen, and inverted, pT_cal = (pT_reco - a) / b. In validation it is fitted on the second
+      half of the scored events and applied to the first (the published analysis' protocol); in
+      test it is fitted on the first ``max_events`` events of the validation split and applied to
+      every test event, so on the quenched test split it carries the unquenched calibration to
+      quenched jets. Keys ``jet/jes_cal_r04``, ``jet/jer_cal_r04`` (and per bin), the line's
+      ``jet/calib_a_r04`` (GeV) and ``jet/calib_b_r04``, and ``jer_cal_r04_over_area``.
 
     The baselines do not depend on the model: they are computed once per split and reused at
     every later epoch. Plots: ``examples`` (mixture, true and extracted parts) and, for
@@ -140,6 +150,8 @@ class DecompositionMetrics(PhysicsMetric):
         radii: anti-kT radii of the jet scores.
         pt_bins: true-pT bin edges of the jet scores, GeV.
         examples: events drawn in the ``examples`` plot.
+        calibrate: also score linearly calibrated jets (see above); in test this costs one pass
+            of the model and the baselines over ``max_events`` validation events.
     """
 
     def __init__(
@@ -149,13 +161,16 @@ class DecompositionMetrics(PhysicsMetric):
         radii: tuple[float, ...] = (0.2, 0.4),
         pt_bins: tuple[float, ...] = (14.0, 20.0, 30.0, 50.0),
         examples: int = 4,
+        calibrate: bool = True,
     ) -> None:
         super().__init__(max_events=max_events, every_n_epochs=every_n_epochs)
         self.radii = tuple(radii)
         self.pt_bins = tuple(pt_bins)
         self.examples = examples
+        self.calibrate = calibrate
         self._baselines: dict[tuple, tuple[dict, dict]] = {}
         self._per_jet: dict[str, dict] = {}
+        self._calibration: dict[str, dict] | None = None  # per method {R: (a, b)}, fitted on val, for test
 
     # --- the scores -----------------------------------------------------------------------------
     def compute(self, reference: dict, generated: dict, stage: str) -> dict[str, float]:
@@ -166,27 +181,42 @@ class DecompositionMetrics(PhysicsMetric):
         if true_sig.shape[1] != 1:  # RGB images: no jets
             return values
         embed, truth, extracted = reference["embed"][:, 0], true_sig[:, 0], generated["signal"][:, 0]
-        baseline, baseline_jets = self._baseline_scores(embed, truth, true_bkg[:, 0])
+        calibration = self._calibration if stage == "test" else None
+        baseline, baseline_jets = self._baseline_scores(embed, truth, true_bkg[:, 0], stage, calibration)
         values.update(cone_metrics(extracted, truth))
-        model_jets = jet_metrics(extracted, truth, self.radii, self.pt_bins, truth_jets=self._truth_jets)
+        model_jets = jet_metrics(extracted, truth, self.radii, self.pt_bins, truth_jets=self._truth_jets,
+                                 **self._calibration_args("model", stage, calibration))  # fmt: skip
         values.update({f"jet/{k}": v for k, v in model_jets.scalars.items()})
         values.update(baseline)
-        r04 = "r04" if 0.4 in self.radii else None
-        if r04:
-            values["jer_r04_over_area"] = _ratio(values[f"jet/jer_{r04}"], baseline[f"area/jet/jer_{r04}"])
+        if 0.4 in self.radii:
+            values["jer_r04_over_area"] = _ratio(values["jet/jer_r04"], baseline["area/jet/jer_r04"])
+            if "jet/jer_cal_r04" in values:
+                values["jer_cal_r04_over_area"] = _ratio(values["jet/jer_cal_r04"], baseline["area/jet/jer_cal_r04"])
         values["jer_cal_over_median_rho"] = _ratio(values["jer_cal"], baseline["median_rho/jer_cal"])
         self._per_jet = {"model": model_jets.per_jet, **baseline_jets}
         self._cones = {"model": cone_pairs(extracted, truth), "median_rho": self._median_cones}
         return values
 
-    def _baseline_scores(self, embed: np.ndarray, truth: np.ndarray, true_bkg: np.ndarray) -> tuple[dict, dict]:
+    def _calibration_args(self, method: str, stage: str, calibration: dict | None) -> dict:
+        """The calibration arguments of :func:`jet_metrics` for a method in a stage."""
+        if not self.calibrate:
+            return {}
+        if stage != "test":
+            return {"calibrate": True}  # fitted on the second half of the scored events
+        return {"calibration": calibration[method]} if calibration else {}
+
+    def _baseline_scores(
+        self, embed: np.ndarray, truth: np.ndarray, true_bkg: np.ndarray, stage: str, calibration: dict | None
+    ) -> tuple[dict, dict]:
         """The baselines' scores on these events, computed on the first call for them."""
-        key = (embed.shape, float(np.float64(embed).sum()), float(np.float64(truth).sum()))
+        key = (embed.shape, float(np.float64(embed).sum()), float(np.float64(truth).sum()), repr(calibration))
         if key not in self._baselines:
             self._truth_jets = truth_jets_by_radius(truth, self.radii)
             signal, background = median_rho_subtraction(embed)
-            median_jets = jet_metrics(signal, truth, self.radii, self.pt_bins, truth_jets=self._truth_jets)
-            area_jets = area_jet_metrics(embed, truth, self.radii, self.pt_bins, truth_jets=self._truth_jets)
+            median_jets = jet_metrics(signal, truth, self.radii, self.pt_bins, truth_jets=self._truth_jets,
+                                      **self._calibration_args("median_rho", stage, calibration))  # fmt: skip
+            area_jets = area_jet_metrics(embed, truth, self.radii, self.pt_bins, truth_jets=self._truth_jets,
+                                         **self._calibration_args("area", stage, calibration))  # fmt: skip
             scores = {
                 "median_rho/l1_sig": tower_l1(signal, truth),
                 "median_rho/l1_bkg": tower_l1(background, true_bkg),
@@ -198,6 +228,42 @@ class DecompositionMetrics(PhysicsMetric):
             self._baselines = {key: (scores, per_jet, self._truth_jets, cone_pairs(signal, truth))}
         scores, per_jet, self._truth_jets, self._median_cones = self._baselines[key]
         return scores, per_jet
+
+    # --- the test calibration, fitted on validation events ---------------------------------------
+    def _values(self, trainer, pl_module, batches, stage):
+        self._calibration = None
+        if stage == "test" and self.calibrate:
+            self._calibration = self._validation_calibration(trainer, pl_module)
+        return super()._values(trainer, pl_module, batches, stage)
+
+    def _validation_calibration(self, trainer, pl_module) -> dict[str, dict] | None:
+        """Rank 0: every method's ``{R: (a, b)}`` fitted on the validation events the val metrics
+        score (the first ``max_events``, whole batches), decomposed by the model under test;
+        ``None`` without such a split."""
+        datasets = getattr(trainer.datamodule, "datasets", None) or {}
+        if len(datasets.get("val", ())) == 0:
+            rank_zero_warn("DecompositionMetrics: no validation split to calibrate the test jets on; "
+                           "the test scores are uncalibrated.")  # fmt: skip
+            return None
+        batches, events = [], 0
+        for batch in trainer.datamodule.dataloader(datasets["val"], shuffle=False, split="val", sharded=False):
+            batches.append(batch)
+            events += len(batch["embed"])
+            if self.max_events is not None and events >= self.max_events:
+                break
+        reference, generated = self.samples(pl_module, batches)
+        if reference["signal"].shape[1] != 1 or np.isnan(reference["signal"]).all():
+            return None  # not calorimeter towers with truth: no jets
+        # whole batches, as validation scores them: the same events as the val metrics
+        embed, truth, extracted = reference["embed"][:, 0], reference["signal"][:, 0], generated["signal"][:, 0]
+        truth_jets = truth_jets_by_radius(truth, self.radii)
+        median_signal, _ = median_rho_subtraction(embed)
+        evaluations = {
+            "model": jet_metrics(extracted, truth, self.radii, self.pt_bins, truth_jets=truth_jets),
+            "median_rho": jet_metrics(median_signal, truth, self.radii, self.pt_bins, truth_jets=truth_jets),
+            "area": area_jet_metrics(embed, truth, self.radii, self.pt_bins, truth_jets=truth_jets),
+        }
+        return {name: fit_jet_calibration(e, self.radii, self.pt_bins) for name, e in evaluations.items()}
 
     # --- the plots ------------------------------------------------------------------------------
     def figures(self, reference: dict, generated: dict, stage: str) -> dict[str, Figure]:

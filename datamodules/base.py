@@ -238,10 +238,11 @@ class HepDataModule(LightningDataModule):
             raise DataFileError(f"{self.data_dir}: no '{split}' events (is its fraction 0?).")
         return self.dataloader(self.datasets[split], shuffle, split)
 
-    def dataloader(self, dataset: Dataset, shuffle: bool, split: str = "predict") -> DataLoader:
+    def dataloader(self, dataset: Dataset, shuffle: bool, split: str = "predict", *, sharded: bool = True) -> DataLoader:
         """hepgen's DataLoader of ``dataset``: the epoch-shuffled training sampler, or the
-        evaluation sampler that keeps the single-process batch order across DDP ranks."""
-        world, rank = self._world()
+        evaluation sampler that keeps the single-process batch order across DDP ranks.
+        ``sharded=False`` gives this process all of it (a callback reading a second split on rank 0)."""
+        world, rank = self._world() if sharded else (1, 0)
         if shuffle:
             sampler = EpochShuffleSampler(dataset, self.split_seed + 1, num_replicas=world, rank=rank)
         else:

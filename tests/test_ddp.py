@@ -492,7 +492,7 @@ def test_uvcgan_ranks_hold_identical_weights_and_ema_copies(uvcgan_runs):
 def test_uvcgan_decomposition_metrics_under_ddp_equal_one_process(uvcgan_runs):
     on_two, on_one = uvcgan_runs["ddp"], uvcgan_runs["single"]
     assert on_two["metrics_json"]["events"] == on_one["metrics_json"]["events"] == 12
-    for key in ("l1_sig", "l1_bkg", "jes", "jer_cal", "median_rho/jer_cal", "jet/jer_r04", "area/jet/jer_r04"):
+    for key in ("l1_sig", "l1_bkg", "jes", "jer_cal", "median_rho/jer_cal", "jet/jer_r04", "area/jet/jer_r04", "jet/jes_cal_r04"):
         assert on_two["metrics_json"][key] == pytest.approx(on_one["metrics_json"][key], rel=1e-6, nan_ok=True), key
     rank0, rank1 = on_two["ranks"]
     assert rank0["metrics"]["val/l1_sig"] == rank1["metrics"]["val/l1_sig"] == pytest.approx(on_one["metrics_json"]["l1_sig"])

@@ -813,7 +813,7 @@ def evaluate_jets(
         scored = np.ones(len(t), bool)
     if calib_split is not None:
         fit = (pt_true >= edges[0]) & (pt_true < edges[-1]) & (t["event"] >= calib_split)
-        b, a = np.polyfit(pt_true[fit], pt_reco[fit], 1) if fit.sum() >= 2 else (np.nan, np.nan)
+        a, b = _fit_calibration_line(pt_true[fit], pt_reco[fit])
         scored = t["event"] < calib_split
     if calib_split is not None or calibration is not None:
         # a frozen calibration: fitted on other events than those scored, so it cannot absorb the
@@ -828,6 +828,33 @@ def evaluate_jets(
             scalars[f"jes_cal_{suffix}"] = _mean(response_cal[sel])
             scalars[f"jer_cal_{suffix}"] = _std(response_cal[sel])
     return JetEvaluation(scalars, per_jet)
+
+
+def _fit_calibration_line(pt_true: np.ndarray, pt_reco: np.ndarray) -> tuple[float, float]:
+    """(a, b) of the least-squares line pT_reco = a + b pT_true; NaN with fewer than 2 pairs."""
+    if len(pt_true) < 2:
+        return np.nan, np.nan
+    b, a = np.polyfit(pt_true, pt_reco, 1)
+    return float(a), float(b)
+
+
+def fit_jet_calibration(
+    evaluation: JetEvaluation, radii: Sequence[float], pt_bins: Sequence[float] = (14.0, 20.0, 30.0, 50.0)
+) -> dict[float, tuple[float, float]]:
+    """The linear jet calibration of every matched pair of an evaluation, ``{R: (a [GeV], b)}``.
+
+    The line pT_reco = a + b pT_true is fitted to the pairs with truth in the acceptance and
+    pT_true in the bins' range, as :func:`evaluate_jets` fits it on half of the events; pass the
+    result as ``calibration`` to score other events (e.g. a test split) with it, frozen.
+    """
+    lo, hi = min(pt_bins), max(pt_bins)
+    calibration = {}
+    for R in radii:
+        tag = _radius_tag(float(R))
+        pt_true, pt_reco = evaluation.per_jet[f"pt_true_{tag}"], evaluation.per_jet[f"pt_reco_{tag}"]
+        fit = (pt_true >= lo) & (pt_true < hi)
+        calibration[float(R)] = _fit_calibration_line(pt_true[fit], pt_reco[fit])
+    return calibration
 
 
 def _merge(evaluations: list[JetEvaluation]) -> JetEvaluation:
