@@ -138,6 +138,9 @@ class RegionDataModule(HepDataModule):
             (the closure test's). ``None``: the SR template only.
         closure_weights: ``.npz`` whose ``weights`` weigh the ``mc_held`` events, in their order
             (a context-weights run's ``template_cr.npz``).
+        predict_batch_size: contexts per ``hepgen predict`` batch. Sampling a MAF (or running
+            Morph's inverse) is one network pass per feature and transform whatever the batch, so
+            a large batch is many times faster than the training batch.
         val_fraction, split_seed, batch_size, num_workers, made_events, made_seed: as
             :class:`HepDataModule`; ``made_events`` is the data background in the SR of a made
             study. The seed split 80/20; ``split_seed`` also seeds the subsample and the KDE draws.
@@ -167,6 +170,7 @@ class RegionDataModule(HepDataModule):
         kde_bandwidth: float | None = None,
         closure_events: str | None = None,
         closure_weights: str | None = None,
+        predict_batch_size: int = 4096,
         val_fraction: float = 0.2,
         split_seed: int = 42,
         batch_size: int = 256,
@@ -196,6 +200,9 @@ class RegionDataModule(HepDataModule):
             raise ConfigValueError(
                 f"data.closure_events={closure_events!r}: choose one of {', '.join(CLOSURE_EVENTS)} or null."
             )
+        if predict_batch_size < 1:
+            raise ConfigValueError(f"data.predict_batch_size={predict_batch_size}: give at least 1.")
+        self.predict_batch_size = predict_batch_size
         if closure_weights is not None and closure_events != "mc_held":
             raise ConfigValueError("data.closure_weights weigh the held-out MC events: set data.closure_events mc_held.")
         if closure_events == "mc_held" and predict_contexts == "kde_sr":
@@ -344,4 +351,4 @@ class RegionDataModule(HepDataModule):
             }
             events = {k: torch.cat([v, held[k]]) for k, v in events.items()}
             events["region"] = torch.cat([torch.zeros(len(contexts)), torch.ones(len(rows))]).to(torch.int8)
-        return self.dataloader(ArrayDictDataset(events), shuffle=False)
+        return self.dataloader(ArrayDictDataset(events), shuffle=False, batch_size=self.predict_batch_size)

@@ -204,7 +204,9 @@ class WeakSupervisionDataModule(HepDataModule):
             classifier) or ``context`` (the context weights).
         toy_kind: the toy a ``made`` study holds (``nr`` or ``r``).
         made_noise_features: extra N(0, 1) features of a ``made`` study (robustness).
-        max_train_events: at most this many events of the training pool (a seeded subsample).
+        max_train_events: at most this many events of each class in the training pool (seeded
+            subsamples): a template larger than the data (Generate's oversampled one) is thinned
+            without thinning the data, whose few signal events the classifier has to find.
         lhco_test_background: SR background events held out for testing (``lhco_sr``).
         lhco_test_signal: signal events held out for testing (``lhco_sr``).
         test_folds: k of k-fold testing (``lhco_sr``): the background and signal are cut into k
@@ -427,8 +429,11 @@ class WeakSupervisionDataModule(HepDataModule):
         label = np.r_[np.ones(len(ones)), np.zeros(len(zeros))]
         weight = equalise_classes(label, np.r_[np.ones(len(ones)), weights])
         pool = np.concatenate([ones, zeros])
-        if self.max_train_events is not None and self.max_train_events < len(pool):
-            keep = np.sort(np.random.default_rng(self.split_seed + 7).permutation(len(pool))[: self.max_train_events])
+        if self.max_train_events is not None:
+            rng = np.random.default_rng(self.split_seed + 7)
+            keep = np.sort(np.concatenate([
+                rng.permutation(members)[: self.max_train_events] for members in (np.flatnonzero(label == v) for v in (1, 0))
+            ]))  # fmt: skip
             pool, label, weight = pool[keep], label[keep], equalise_classes(label[keep], weight[keep])
         self._n_pool = len(pool)
         # signal and background interleaved, so that every test batch holds both

@@ -238,25 +238,30 @@ class HepDataModule(LightningDataModule):
             raise DataFileError(f"{self.data_dir}: no '{split}' events (is its fraction 0?).")
         return self.dataloader(self.datasets[split], shuffle, split)
 
-    def dataloader(self, dataset: Dataset, shuffle: bool, split: str = "predict", *, sharded: bool = True) -> DataLoader:
+    def dataloader(
+        self, dataset: Dataset, shuffle: bool, split: str = "predict", *, sharded: bool = True, batch_size: int | None = None
+    ) -> DataLoader:
         """hepgen's DataLoader of ``dataset``: the epoch-shuffled training sampler, or the
         evaluation sampler that keeps the single-process batch order across DDP ranks.
-        ``sharded=False`` gives this process all of it (a callback reading a second split on rank 0)."""
+        ``sharded=False`` gives this process all of it (a callback reading a second split on rank 0);
+        ``batch_size`` replaces ``data.batch_size`` (e.g. a predict batch for sampling)."""
         world, rank = self._world() if sharded else (1, 0)
+        key = "data.batch_size" if batch_size is None else "its batch size"
+        batch_size = self.batch_size if batch_size is None else batch_size
         if shuffle:
             sampler = EpochShuffleSampler(dataset, self.split_seed + 1, num_replicas=world, rank=rank)
         else:
-            batches = math.ceil(len(dataset) / self.batch_size)
+            batches = math.ceil(len(dataset) / batch_size)
             if batches < world:  # a rank without batches would wait forever in the metrics' gather
                 raise ConfigValueError(
                     f"{self.data_dir}: the '{split}' split holds {len(dataset)} events = {batches} batch(es) of "
-                    f"{self.batch_size}, fewer than the {world} DDP ranks that evaluate them. Set data.batch_size "
+                    f"{batch_size}, fewer than the {world} DDP ranks that evaluate them. Set {key} "
                     f"<= {math.ceil(len(dataset) / world)} or use fewer devices."
                 )
-            sampler = EvaluationSampler(dataset, self.batch_size, num_replicas=world, rank=rank)
+            sampler = EvaluationSampler(dataset, batch_size, num_replicas=world, rank=rank)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             # the loader's own generator: creating its iterator must not draw from the global stream
             generator=torch.Generator().manual_seed(self.split_seed),

@@ -38,7 +38,8 @@ flow on the simulation) says ``shared: true`` and is trained once, in ``<method>
 ``folds: k`` every point runs k times, one per test fold (``data.init_args.test_fold``), and the
 report scores the k folds' out-of-fold predictions together (k-fold testing). Its ``report_stage`` (default: the last) is the SR
 classifier whose ``test`` metrics the report collects; a ``closure_stage`` adds the control-region
-closure AUC.
+closure AUC. A stage with ``signal_fractions:`` of its own runs only at those S/B values (the
+closure test at S/B = 0, where it is a test of the method and not of the injected signal).
 
 Resuming: every command that finishes leaves a marker (``<stage>/.study/<command>.done``); a rerun
 skips those, continues a killed ``fit`` from its ``last.ckpt``, and redoes the rest. A killed
@@ -53,6 +54,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -67,7 +69,7 @@ from hepgen.errors import HepgenError
 COMMANDS = ("fit", "validate", "test", "predict")
 STUDY_KEYS = {"study", "root", "data", "signal_fractions", "injection_seeds", "common_args", "methods"}
 METHOD_KEYS = {"stages", "signal_fractions", "injection_seeds", "folds", "report_stage", "closure_stage"}
-STAGE_KEYS = {"name", "config", "commands", "args", "ckpt_path", "shared"}
+STAGE_KEYS = {"name", "config", "commands", "args", "ckpt_path", "shared", "signal_fractions"}
 DATA_KEYS = {"data_dir", "source", "toy_kind", "events", "noise_features", "cr_keep", "test_background",
              "test_signal", "fullsup_background", "fullsup_signal", "seed"}  # fmt: skip
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -90,6 +92,14 @@ class Stage:
     #: trained once for all points of the method (e.g. Morph's base flow on the simulation, which
     #: holds no injected signal), at the method's first (S/B, seed), in ``<method>/shared/<stage>``
     shared: bool = False
+    #: the S/B values the stage runs at (``None``: all of its method's), e.g. the closure test,
+    #: which only means something without injected signal; no other stage may read its output
+    signal_fractions: tuple[float, ...] | None = None
+
+    def runs_at(self, point: Point) -> bool:
+        return self.signal_fractions is None or any(
+            point.signal_fraction is not None and math.isclose(point.signal_fraction, s) for s in self.signal_fractions
+        )
 
 
 @dataclass
@@ -226,8 +236,10 @@ def load_study(path: str | Path) -> Study:
             config = Path(raw["config"])
             if not config.is_file():
                 raise StudyError(f"{path}: {where}.config {config} not found (paths are relative to where you run hepgen).")
+            only = raw.get("signal_fractions")
+            only = None if only is None else tuple(float(v) for v in (only if isinstance(only, list) else [only]))
             stages.append(Stage(str(raw["name"]), config, commands, _mapping(raw.get("args"), f"{where}.args", path),
-                                str(raw.get("ckpt_path", "last")), bool(raw.get("shared", False))))  # fmt: skip
+                                str(raw.get("ckpt_path", "last")), bool(raw.get("shared", False)), only))  # fmt: skip
         if not stages:
             raise StudyError(f"{path}: methods.{name} has no stages.")
         names = [s.name for s in stages]
@@ -240,6 +252,11 @@ def load_study(path: str | Path) -> Study:
                         raise StudyError(
                             f"{path}: methods.{name}.{stage.name}: placeholder {{{ref}}} names no earlier stage "
                             f"(earlier: {', '.join(names[:i]) or 'none'})."
+                        )
+                    if stages[names.index(ref)].signal_fractions is not None:
+                        raise StudyError(
+                            f"{path}: methods.{name}.{stage.name}: placeholder {{{ref}}} names a stage that runs only "
+                            "at its own signal_fractions; a stage others read must run at every point."
                         )
         report = str(entry.get("report_stage", names[-1]))
         closure = entry.get("closure_stage")
@@ -418,14 +435,16 @@ def run_stage(study: Study, point: Point, stage: Stage, stage_dirs: dict[str, Pa
 
 def point_done(study: Study, point: Point) -> bool:
     method = study.methods[point.method]
-    return all(_marker(study.stage_dir(point, s), c).is_file() for s in method.stages for c in s.commands)
+    return all(
+        _marker(study.stage_dir(point, s), c).is_file() for s in method.stages if s.runs_at(point) for c in s.commands
+    )
 
 
 def run_point(study: Study, point: Point) -> dict[str, float]:
     method = study.methods[point.method]
     stage_dirs = {s.name: study.stage_dir(point, s) for s in method.stages}
     times: dict[str, float] = {}
-    for stage in method.stages:
+    for stage in (s for s in method.stages if s.runs_at(point)):
         for command, seconds in run_stage(study, point, stage, stage_dirs).items():
             times[f"{stage.name}:{command}"] = seconds
     return times

@@ -203,7 +203,7 @@ def test_reweighting_moves_the_mc_onto_the_data_in_the_control_region(ad_study_d
     comes back to the data's."""
     args = ad_args(
         "fit", ad_study_dir, tmp_path, "--data.init_args.method", "reweight", "--data.init_args.inputs", "all",
-        "--trainer.max_epochs", "12", "--model.init_args.hidden", "[32, 32]", "--data.init_args.max_train_events", "20000",
+        "--trainer.max_epochs", "12", "--model.init_args.hidden", "[32, 32]", "--data.init_args.max_train_events", "10000",
     )  # fmt: skip
     main(args)
     model = WeakClassifier.load_from_checkpoint(next((tmp_path / "ad").glob("v*")) / "checkpoints" / "last.ckpt")
@@ -230,3 +230,22 @@ def test_the_classes_weigh_the_same_as_in_the_seed():
     weight = equalise_classes(label, np.r_[np.ones(30), np.linspace(1.0, 3.0, 10)])
     assert weight[label == 1].sum() == pytest.approx(20.0) and weight[label == 0].sum() == pytest.approx(20.0)
     assert weight[-1] / weight[30] == pytest.approx(3.0)  # the template's own weights keep their ratios
+
+
+def test_the_training_cap_thins_a_large_template_and_keeps_every_data_event(ad_study_dir, tmp_path):
+    """``max_train_events`` caps each class: an oversampled template (three rows per data event)
+    is thinned to the cap while every SR data event, signal included, stays in the pool."""
+    from datamodules.datasets import head
+
+    def pool_labels(**kwargs) -> np.ndarray:
+        data = WeakSupervisionDataModule(data_dir=str(ad_study_dir), source="real", signal_fraction=0.05, **kwargs)
+        data.setup("fit")
+        return np.concatenate([head(data.datasets[s])["label"].numpy() for s in ("train", "val")])
+
+    n_data = int((pool_labels(method="ideal") == 1).sum())
+    rows = np.load(ad_study_dir / "ideal_bkg_events.npz")["ideal_bkg_events_sr"]
+    template = tmp_path / "template.npz"
+    np.savez(template, samples=rows[np.random.default_rng(0).integers(0, len(rows), 3 * n_data)])
+    labels = pool_labels(method="template", template=str(template), max_train_events=n_data)
+    assert (labels == 1).sum() == n_data  # no data event lost
+    assert (labels == 0).sum() == n_data  # the template thinned from 3 n_data to the cap

@@ -209,6 +209,39 @@ def test_a_shared_stage_is_one_run_that_every_point_reads(tmp_path):
         assert "--run.experiment=reweight/shared" in own and "--run.version=weights" in own
 
 
+def test_a_stage_with_its_own_signal_fractions_runs_only_there(tmp_path, monkeypatch):
+    """A closure stage narrowed to S/B = 0 runs at the S/B = 0 points alone, and a point without
+    it counts as done when the rest has finished; no stage may read a narrowed stage's output."""
+    import hepgen.study as study_module
+
+    spec = study_spec(tmp_path, signal_fractions=[0.0, 0.05])
+    closure = {"name": "closure", "config": CLASSIFIER, "commands": ["fit", "test"], "signal_fractions": [0.0]}
+    spec["methods"]["reweight"]["stages"].append(closure)
+    study = load_study(write_spec(tmp_path, spec))
+    ran = []
+
+    def fake_stage(study, point, stage, stage_dirs):
+        ran.append((point.label, stage.name))
+        for command in stage.commands:  # what a finished command leaves
+            marker = stage_dirs[stage.name] / ".study" / f"{command}.done"
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("{}")
+        return {}
+
+    monkeypatch.setattr(study_module, "run_stage", fake_stage)
+    monkeypatch.setattr(study_module, "prepare_data", lambda study: None)
+    run_study(study, methods=["reweight"])
+    assert sorted(ran) == [(g, s) for g in ("s0.05_g1", "s0.05_g2") for s in ("classifier", "weights")] + [
+        (g, s) for g in ("s0_g1", "s0_g2") for s in ("classifier", "closure", "weights")
+    ]
+    assert run_study(study, methods=["reweight"]) == []  # every point done, with or without closure
+
+    spec["methods"]["reweight"]["stages"][1]["signal_fractions"] = [0.0]  # the classifier reads {weights}
+    spec["methods"]["reweight"]["stages"][0]["signal_fractions"] = [0.0]
+    with pytest.raises(StudyError, match=r"placeholder \{weights\} names a stage that runs only"):
+        load_study(write_spec(tmp_path, spec, "narrowed.yaml"))
+
+
 # --- k-fold testing ------------------------------------------------------------------------------
 def test_k_folds_test_every_event_once_and_never_train_on_it(lhco_sr_like_dir):
     from datamodules.anomaly import WeakSupervisionDataModule
