@@ -247,13 +247,15 @@ class DecompositionMetrics(PhysicsMetric):
             return None
         batches, events = [], 0
         for batch in trainer.datamodule.dataloader(datasets["val"], shuffle=False, split="val", sharded=False):
+            if not batches and ("signal" not in batch or batch["signal"].shape[1] != 1):
+                return None  # not calorimeter towers with truth (e.g. the toy image mix): no jets
             batches.append(batch)
             events += len(batch["embed"])
             if self.max_events is not None and events >= self.max_events:
                 break
         reference, generated = self.samples(pl_module, batches)
-        if reference["signal"].shape[1] != 1 or np.isnan(reference["signal"]).all():
-            return None  # not calorimeter towers with truth: no jets
+        if np.isnan(reference["signal"]).all():
+            return None  # a validation split without truth
         # whole batches, as validation scores them: the same events as the val metrics
         embed, truth, extracted = reference["embed"][:, 0], reference["signal"][:, 0], generated["signal"][:, 0]
         truth_jets = truth_jets_by_radius(truth, self.radii)
