@@ -8,6 +8,8 @@ decomposition as HDF5.
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 
 import h5py
@@ -213,10 +215,7 @@ class DecompositionMetrics(PhysicsMetric):
         if key not in self._baselines:
             self._truth_jets = truth_jets_by_radius(truth, self.radii)
             signal, background = median_rho_subtraction(embed)
-            median_jets = jet_metrics(signal, truth, self.radii, self.pt_bins, truth_jets=self._truth_jets,
-                                      **self._calibration_args("median_rho", stage, calibration))  # fmt: skip
-            area_jets = area_jet_metrics(embed, truth, self.radii, self.pt_bins, truth_jets=self._truth_jets,
-                                         **self._calibration_args("area", stage, calibration))  # fmt: skip
+            median_jets, area_jets = self._baseline_jets(embed, signal, truth, self._truth_jets, stage, calibration)
             scores = {
                 "median_rho/l1_sig": tower_l1(signal, truth),
                 "median_rho/l1_bkg": tower_l1(background, true_bkg),
@@ -228,6 +227,14 @@ class DecompositionMetrics(PhysicsMetric):
             self._baselines = {key: (scores, per_jet, self._truth_jets, cone_pairs(signal, truth))}
         scores, per_jet, self._truth_jets, self._median_cones = self._baselines[key]
         return scores, per_jet
+
+    def _baseline_jets(self, embed, median_signal, truth, truth_jets, stage: str, calibration: dict | None):
+        """(median ρ, ρ·A) :class:`~hepgen.physics.jets.JetEvaluation` of these events."""
+        median = jet_metrics(median_signal, truth, self.radii, self.pt_bins, truth_jets=truth_jets,
+                             **self._calibration_args("median_rho", stage, calibration))  # fmt: skip
+        area = area_jet_metrics(embed, truth, self.radii, self.pt_bins, truth_jets=truth_jets,
+                                **self._calibration_args("area", stage, calibration))  # fmt: skip
+        return median, area
 
     # --- the test calibration, fitted on validation events ---------------------------------------
     def _values(self, trainer, pl_module, batches, stage):
@@ -245,26 +252,20 @@ class DecompositionMetrics(PhysicsMetric):
             rank_zero_warn("DecompositionMetrics: no validation split to calibrate the test jets on; "
                            "the test scores are uncalibrated.")  # fmt: skip
             return None
-        batches, events = [], 0
-        for batch in trainer.datamodule.dataloader(datasets["val"], shuffle=False, split="val", sharded=False):
-            if not batches and ("signal" not in batch or batch["signal"].shape[1] != 1):
-                return None  # not calorimeter towers with truth (e.g. the toy image mix): no jets
-            batches.append(batch)
-            events += len(batch["embed"])
-            if self.max_events is not None and events >= self.max_events:
-                break
+        loader = iter(trainer.datamodule.dataloader(datasets["val"], shuffle=False, split="val", sharded=False))
+        first = next(loader)
+        if "signal" not in first or first["signal"].shape[1] != 1:
+            return None  # not calorimeter towers with truth (e.g. the toy image mix): no jets
+        # the batches validation scores (the same cut at max_events), so the same events
+        limit = self._batch_limit(first)  # inf without max_events: all of them
+        batches = [first, *itertools.islice(loader, None if math.isinf(limit) else int(limit) - 1)]
         reference, generated = self.samples(pl_module, batches)
-        if np.isnan(reference["signal"]).all():
-            return None  # a validation split without truth
-        # whole batches, as validation scores them: the same events as the val metrics
         embed, truth, extracted = reference["embed"][:, 0], reference["signal"][:, 0], generated["signal"][:, 0]
         truth_jets = truth_jets_by_radius(truth, self.radii)
-        median_signal, _ = median_rho_subtraction(embed)
-        evaluations = {
-            "model": jet_metrics(extracted, truth, self.radii, self.pt_bins, truth_jets=truth_jets),
-            "median_rho": jet_metrics(median_signal, truth, self.radii, self.pt_bins, truth_jets=truth_jets),
-            "area": area_jet_metrics(embed, truth, self.radii, self.pt_bins, truth_jets=truth_jets),
-        }
+        # uncalibrated evaluations (stage test, no calibration): only their matched pairs are used
+        median, area = self._baseline_jets(embed, median_rho_subtraction(embed)[0], truth, truth_jets, "test", None)
+        model = jet_metrics(extracted, truth, self.radii, self.pt_bins, truth_jets=truth_jets)
+        evaluations = {"model": model, "median_rho": median, "area": area}
         return {name: fit_jet_calibration(e, self.radii, self.pt_bins) for name, e in evaluations.items()}
 
     # --- the plots ------------------------------------------------------------------------------

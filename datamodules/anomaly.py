@@ -431,9 +431,8 @@ class WeakSupervisionDataModule(HepDataModule):
         pool = np.concatenate([ones, zeros])
         if self.max_train_events is not None:
             rng = np.random.default_rng(self.split_seed + 7)
-            keep = np.sort(np.concatenate([
-                rng.permutation(members)[: self.max_train_events] for members in (np.flatnonzero(label == v) for v in (1, 0))
-            ]))  # fmt: skip
+            keep = [rng.permutation(np.flatnonzero(label == value))[: self.max_train_events] for value in (1, 0)]
+            keep = np.sort(np.concatenate(keep))
             pool, label, weight = pool[keep], label[keep], equalise_classes(label[keep], weight[keep])
         self._n_pool = len(pool)
         # signal and background interleaved, so that every test batch holds both
