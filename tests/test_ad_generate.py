@@ -207,6 +207,13 @@ def test_context_weights_must_match_the_contexts(toy_r_dir, tmp_path):
         data.predict_dataloader()
 
 
+def test_a_predict_batch_below_one_is_one_line_naming_the_option(toy_r_dir):
+    from hepgen.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match=r"data.predict_batch_size=0: give at least 1"):
+        _region(toy_r_dir, predict_batch_size=0)
+
+
 def test_kde_contexts_stay_in_the_signal_region(toy_r_dir):
     """KDE draws of the data's SR masses lie inside the SR window and follow the falling spectrum."""
     data = _region(toy_r_dir, predict_contexts="kde_sr", predict_events=20_000)
