@@ -20,10 +20,8 @@
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +34,7 @@ from datamodules.samplers import EpochShuffleSampler, EvaluationSampler
 from datamodules.splits import SPLITS, split_indices
 from hepgen.errors import ConfigValueError
 from hepgen.io import DataFileError
+from hepgen.run_lock import waiting_lock
 
 __all__ = [
     "SPLITS", "ArrayDictDataset", "EpochShuffleSampler", "EvaluationSampler", "HepDataModule",
@@ -70,22 +69,10 @@ def lock_path(folder: Path) -> Path:
     return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
 
 
-@contextmanager
-def made_data_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on :func:`lock_path` (folder), waiting until it is free.
-
-    ``fcntl.lockf`` takes a POSIX record lock, which NFS and Lustre forward to their lock
-    managers, so processes on other nodes wait too (``flock`` is node-local on some of them).
-    The lock file is never removed: a process waiting on a removed file would hold a lock
-    nobody else sees (and on NFS get a stale file handle).
-    """
+def made_data_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on :func:`lock_path` (folder), waited for: one process makes the files."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(lock_path(folder), "a") as f:
-        fcntl.lockf(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(f, fcntl.LOCK_UN)
+    return waiting_lock(lock_path(folder))
 
 
 class HepDataModule(LightningDataModule):

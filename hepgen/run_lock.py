@@ -11,11 +11,14 @@ runs; on another host (a requeued job on a new node) its heartbeat stopped ``STA
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from hepgen.errors import RunDirectoryError
@@ -134,3 +137,22 @@ HELD_LOCKS: list[RunLock] = []
 def release_run_locks() -> None:
     for lock in list(HELD_LOCKS):
         lock.release()
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path``, waiting as long as another process holds it.
+
+    For work that many processes may reach at once and one should do (making a data folder, a
+    study stage several array tasks read). ``fcntl.lockf`` takes a POSIX record lock, which NFS and
+    Lustre forward to their lock managers, so processes on other nodes wait too (``flock`` is
+    node-local on some of them). The file is never removed: a process waiting on a removed file
+    would hold a lock nobody else sees (and on NFS get a stale file handle).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)

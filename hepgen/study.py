@@ -33,19 +33,24 @@ is the run directory of the stage named ``weights`` at the same point. The study
                    data.init_args.template: "{weights}/predictions/template.npz"}
 
 A method may narrow the scan (``signal_fractions:`` or ``injection_seeds:`` of its own, e.g.
-Supervised, which does not depend on S/B), and a stage that depends on no point (Morph's base
-flow on the simulation) says ``shared: true`` and is trained once, in ``<method>/shared/``. With
-``folds: k`` every point runs k times, one per test fold (``data.init_args.test_fold``), and the
-report scores the k folds' out-of-fold predictions together (k-fold testing). Its ``report_stage`` (default: the last) is the SR
-classifier whose ``test`` metrics the report collects; a ``closure_stage`` adds the control-region
-closure AUC. A stage with ``signal_fractions:`` of its own runs only at those S/B values (the
-closure test at S/B = 0, where it is a test of the method and not of the injected signal).
+Supervised, which does not depend on S/B). A stage that depends on no point (Morph's base flow on
+the simulation) says ``shared: true`` and is trained once, in ``<method>/shared/``. A stage that
+another method already trains at the same point says ``reuse: <that method>`` and nothing else: it
+is that method's stage of the same name, run once and read by both (Generate and Morph weight their
+templates with the same context weights). With ``folds: k`` every point runs k times, one per test
+fold (``data.init_args.test_fold``), and the report scores the k folds' out-of-fold predictions
+together (k-fold testing). Its ``report_stage`` (default: the last) is the SR classifier whose
+``test`` metrics the report collects; a ``closure_stage`` adds the control-region closure AUC. A
+stage with ``signal_fractions:`` of its own runs only at those S/B values (the closure test at S/B =
+0, where it is a test of the method and not of the injected signal).
 
 Resuming: every command that finishes leaves a marker (``<stage>/.study/<command>.done``); a rerun
 skips those, continues a killed ``fit`` from its ``last.ckpt``, and redoes the rest. A killed
 stage therefore costs at most the epochs since its last checkpoint. ``--jobs N --job K`` runs the
-points whose index is K modulo N (a SLURM array: ``--job $SLURM_ARRAY_TASK_ID``), and ``hepgen ad
-report`` collects whatever has finished into the report (:mod:`hepgen.study_report`).
+points whose index is K modulo N (a SLURM array: ``--job $SLURM_ARRAY_TASK_ID``); a shared or
+reused stage that two jobs reach at once is trained by one of them while the other waits (a lock
+file beside the stage). ``hepgen ad report`` collects whatever has finished into the report
+(:mod:`hepgen.study_report`).
 """
 
 from __future__ import annotations
@@ -65,11 +70,12 @@ import yaml
 
 from hepgen.checkpoints import run_checkpoints
 from hepgen.errors import HepgenError
+from hepgen.run_lock import waiting_lock
 
 COMMANDS = ("fit", "validate", "test", "predict")
 STUDY_KEYS = {"study", "root", "data", "signal_fractions", "injection_seeds", "common_args", "methods"}
 METHOD_KEYS = {"stages", "signal_fractions", "injection_seeds", "folds", "report_stage", "closure_stage"}
-STAGE_KEYS = {"name", "config", "commands", "args", "ckpt_path", "shared", "signal_fractions"}
+STAGE_KEYS = {"name", "config", "commands", "args", "ckpt_path", "shared", "signal_fractions", "reuse"}
 DATA_KEYS = {"data_dir", "source", "toy_kind", "events", "noise_features", "cr_keep", "test_background",
              "test_signal", "fullsup_background", "fullsup_signal", "seed"}  # fmt: skip
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -95,6 +101,8 @@ class Stage:
     #: the S/B values the stage runs at (``None``: all of its method's), e.g. the closure test,
     #: which only means something without injected signal; no other stage may read its output
     signal_fractions: tuple[float, ...] | None = None
+    #: the method whose stage of the same name this one is, at the same point (trained once)
+    reuse: str | None = None
 
     def runs_at(self, point: Point) -> bool:
         return self.signal_fractions is None or any(
@@ -113,6 +121,9 @@ class Method:
     #: k of k-fold testing (``data.init_args.test_folds``): each point runs k times, one per test
     #: fold, and the report scores the k folds' predictions together
     folds: int | None = None
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
 
 
 @dataclass(frozen=True)
@@ -161,8 +172,16 @@ class Study:
     def point_dir(self, point: Point) -> Path:
         return self.folder / point.method / point.label
 
+    def resolve(self, point: Point, stage: Stage) -> tuple[Point, Stage]:
+        """The stage that really runs for ``stage`` at ``point``: itself, or the one it reuses."""
+        if stage.reuse is None:
+            return point, stage
+        other = self.methods[stage.reuse]
+        return Point(other.name, point.signal_fraction, point.injection_seed, point.fold), other.stage(stage.name)
+
     def stage_point(self, point: Point, stage: Stage) -> Point:
-        """The point a stage runs at: its own, or for a shared stage the method's first."""
+        """The point a stage runs at: its own, a reused stage's method's, or for a shared stage the method's first."""
+        point, stage = self.resolve(point, stage)
         if not stage.shared:
             return point
         method = self.methods[point.method]
@@ -171,9 +190,14 @@ class Study:
         return first
 
     def stage_dir(self, point: Point, stage: Stage) -> Path:
+        point, stage = self.resolve(point, stage)
         if stage.shared:
             return self.folder / point.method / "shared" / stage.name
         return self.point_dir(point) / stage.name
+
+    def run_dir(self, point: Point, stage_name: str) -> Path:
+        """The run directory of the stage named ``stage_name`` at ``point``, wherever it runs."""
+        return self.stage_dir(point, self.methods[point.method].stage(stage_name))
 
 
 def _unknown(given: dict, allowed: set, where: str, path: Path) -> None:
@@ -225,6 +249,12 @@ def load_study(path: str | Path) -> Study:
             where = f"methods.{name}.stages[{i}]"
             raw = _mapping(raw, where, path)
             _unknown(raw, STAGE_KEYS, where, path)
+            if "reuse" in raw:
+                _unknown(raw, {"name", "reuse"}, f"{where} (a stage that reuses another has only name and reuse)", path)
+                if "name" not in raw:
+                    raise StudyError(f"{path}: {where} needs a name (the name of the stage it reuses).")
+                stages.append(Stage(str(raw["name"]), Path(), (), reuse=str(raw["reuse"])))
+                continue
             if "name" not in raw or "config" not in raw:
                 raise StudyError(f"{path}: {where} needs a name and a config.")
             commands = tuple(raw.get("commands", ("fit", "test")))
@@ -271,8 +301,29 @@ def load_study(path: str | Path) -> Study:
         )  # fmt: skip
     if not methods:
         raise StudyError(f"{path}: methods is empty.")
+    for method in methods.values():
+        for stage in (s for s in method.stages if s.reuse is not None):
+            _check_reuse(method, stage, methods, path)
     return Study(str(spec["study"]), Path(spec.get("root", "runs/ad_study")), data, methods,
                  _mapping(spec.get("common_args"), "common_args", path), path)  # fmt: skip
+
+
+def _check_reuse(method: Method, stage: Stage, methods: dict[str, Method], path: Path) -> None:
+    """A reused stage must exist, run itself, and run at every point of the method reusing it."""
+    where = f"{path}: methods.{method.name}.{stage.name}: reuse: {stage.reuse}"
+    other = methods.get(stage.reuse)
+    if other is None or other is method:
+        others = ", ".join(m for m in methods if m != method.name) or "none"
+        raise StudyError(f"{where} names no other method of the study (others: {others}).")
+    real = next((s for s in other.stages if s.name == stage.name), None)
+    if real is None or real.reuse is not None or real.shared or real.signal_fractions is not None:
+        raise StudyError(f"{where}: that method needs its own stage named {stage.name!r}, run at every one of its "
+                         "points (not shared, not reused, no signal_fractions of its own).")  # fmt: skip
+    missing = (set(method.signal_fractions) - set(other.signal_fractions)) | (
+        set(method.injection_seeds) - set(other.injection_seeds))
+    if missing or method.folds != other.folds:
+        raise StudyError(f"{where}: {stage.reuse} must scan every S/B, seed and fold of {method.name} "
+                         f"(it lacks {sorted(missing) or 'its folds'}).")  # fmt: skip
 
 
 # --- the data ------------------------------------------------------------------------------------------
@@ -433,20 +484,27 @@ def run_stage(study: Study, point: Point, stage: Stage, stage_dirs: dict[str, Pa
     return times
 
 
+def _real_stages(study: Study, point: Point):
+    """(point, stage) of each stage that runs for ``point``, reused stages resolved to their own."""
+    for stage in study.methods[point.method].stages:
+        at, real = study.resolve(point, stage)
+        if real.runs_at(at):
+            yield at, real
+
+
 def point_done(study: Study, point: Point) -> bool:
-    method = study.methods[point.method]
-    return all(
-        _marker(study.stage_dir(point, s), c).is_file() for s in method.stages if s.runs_at(point) for c in s.commands
-    )
+    return all(_marker(study.stage_dir(at, s), c).is_file() for at, s in _real_stages(study, point) for c in s.commands)
 
 
 def run_point(study: Study, point: Point) -> dict[str, float]:
-    method = study.methods[point.method]
-    stage_dirs = {s.name: study.stage_dir(point, s) for s in method.stages}
     times: dict[str, float] = {}
-    for stage in (s for s in method.stages if s.runs_at(point)):
-        for command, seconds in run_stage(study, point, stage, stage_dirs).items():
-            times[f"{stage.name}:{command}"] = seconds
+    for at, stage in _real_stages(study, point):
+        stage_dirs = {s.name: study.stage_dir(at, s) for s in study.methods[at.method].stages}
+        # a shared or reused stage is reached by several points, maybe in several array tasks at
+        # once: one trains it, the others wait and then find its markers
+        with waiting_lock(stage_dirs[stage.name].parent / f".{stage.name}.lock"):
+            for command, seconds in run_stage(study, at, stage, stage_dirs).items():
+                times[f"{stage.name}:{command}"] = seconds
     return times
 
 

@@ -42,13 +42,13 @@ def _test_metrics(run_dir: Path) -> dict | None:
 def point_metrics(study, point) -> dict | None:
     """The report stage's test metrics at ``point`` (plus ``closure_auc``), ``None`` if not done."""
     method = study.methods[point.method]
-    test = _test_metrics(study.point_dir(point) / method.report_stage)
+    test = _test_metrics(study.run_dir(point, method.report_stage))
     if test is None:
         return None
     values = {k: test.get(k) for k in METRICS}
     values["optimal_max_sic"] = test.get("optimal_max_sic")
     if method.closure_stage is not None:
-        closure = _test_metrics(study.point_dir(point) / method.closure_stage)
+        closure = _test_metrics(study.run_dir(point, method.closure_stage))
         # folded: a template that is told apart scores away from 0.5 on either side
         values["closure_auc"] = None if closure is None else max(closure["auc"], 1.0 - closure["auc"])
     return values
@@ -65,7 +65,7 @@ def summarise(values: list[float]) -> dict | None:
 
 def _scores(study, point) -> tuple[np.ndarray, np.ndarray] | None:
     """(score, label) of the report stage's ``predictions/scores.npy`` at ``point``, ``None`` if absent."""
-    path = study.point_dir(point) / study.methods[point.method].report_stage / "predictions" / "scores.npy"
+    path = study.run_dir(point, study.methods[point.method].report_stage) / "predictions" / "scores.npy"
     if not path.is_file():
         return None
     table = np.load(path)

@@ -142,6 +142,14 @@ def test_method_narrows_the_scan(tmp_path):
         (lambda s: s["methods"]["ideal"]["stages"][0].update(config="nowhere.yaml"), "nowhere.yaml not found"),
         (lambda s: s["methods"]["ideal"]["stages"][0].update(commands=["test", "fit"]), "fit must come first"),
         (lambda s: s["methods"]["ideal"].update(report_stage="weights"), "report_stage 'weights'"),
+        (lambda s: s["methods"]["ideal"]["stages"].insert(0, {"name": "weights", "reuse": "nowhere"}),
+         "reuse: nowhere names no other method"),
+        (lambda s: s["methods"]["ideal"]["stages"].insert(0, {"name": "weights", "reuse": "reweight", "config": CLASSIFIER}),
+         "has only name and reuse"),
+        (lambda s: s["methods"]["ideal"]["stages"].insert(0, {"name": "calib", "reuse": "reweight"}),
+         "needs its own stage named 'calib'"),
+        (lambda s: (s["methods"]["ideal"]["stages"].insert(0, {"name": "weights", "reuse": "reweight"}),
+                    s["methods"]["ideal"].update(injection_seeds=[1, 3])), r"must scan every S/B, seed and fold of ideal \(it lacks \[3\]"),
     ],
 )
 def test_bad_study_files_get_one_line_naming_the_key(tmp_path, capsys, monkeypatch, change, message):
@@ -240,6 +248,80 @@ def test_a_stage_with_its_own_signal_fractions_runs_only_there(tmp_path, monkeyp
     spec["methods"]["reweight"]["stages"][0]["signal_fractions"] = [0.0]
     with pytest.raises(StudyError, match=r"placeholder \{weights\} names a stage that runs only"):
         load_study(write_spec(tmp_path, spec, "narrowed.yaml"))
+
+
+def _fake_stage(study, point, stage, stage_dirs, calls: Path | None = None, ran: list | None = None):
+    """What ``run_stage`` leaves: one marker per command not done yet, after a moment's "training"."""
+    import time
+
+    done = {}
+    for command in stage.commands:
+        marker = stage_dirs[stage.name] / ".study" / f"{command}.done"
+        if marker.is_file():
+            continue
+        if ran is not None:
+            ran.append((point.method, point.label, stage.name, command))
+        if calls is not None:
+            with open(calls, "a") as out:
+                out.write(f"{stage_dirs[stage.name]} {command}\n")
+            time.sleep(0.5)  # long enough for the other job to arrive while this one trains
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("{}")
+        done[command] = 0.0
+    return done
+
+
+def test_a_reused_stage_trains_once_and_both_methods_read_it(tmp_path, monkeypatch):
+    import hepgen.study as study_module
+
+    spec = study_spec(tmp_path)
+    weighted = {"name": "classifier", "config": CLASSIFIER, "commands": ["fit", "test"],
+                "args": {"data.init_args.template": "{weights}/predictions/template.npz"}}  # fmt: skip
+    spec["methods"]["weighted"] = {"stages": [{"name": "weights", "reuse": "reweight"}, weighted]}
+    study = load_study(write_spec(tmp_path, spec))
+    ran = []
+    monkeypatch.setattr(study_module, "run_stage", lambda *a: _fake_stage(*a, ran=ran))
+    monkeypatch.setattr(study_module, "prepare_data", lambda study: None)
+    run_study(study, methods=["weighted", "reweight"])
+    for label in ("s0.05_g1", "s0.05_g2"):
+        # trained at the reweight point, with that point's command line, once for both methods
+        assert [r for r in ran if r[1] == label and r[2] == "weights"] == [
+            ("reweight", label, "weights", "fit"), ("reweight", label, "weights", "predict")]  # fmt: skip
+        point = Point("weighted", 0.05, int(label[-1]))
+        dirs = {s.name: study.stage_dir(point, s) for s in study.methods["weighted"].stages}
+        own = study.point_dir(Point("reweight", 0.05, int(label[-1]))) / "weights"
+        assert dirs["weights"] == own and dirs["classifier"] == study.point_dir(point) / "classifier"
+        args = stage_arguments(study, point, study.methods["weighted"].stages[1], dirs)
+        assert f"--data.init_args.template={own}/predictions/template.npz" in args
+    assert ("weighted", "s0.05_g1", "classifier", "fit") in ran
+    assert run_study(study) == [p for p in study.points() if p.method == "ideal"]  # the rest is done
+
+
+def test_two_jobs_reaching_a_shared_stage_at_once_train_it_once(tmp_path, monkeypatch):
+    """Array tasks run different points of one method at the same time; its shared stage must be
+    trained by one of them (the other waits for it), not by both in one run directory."""
+    import multiprocessing
+
+    import hepgen.study as study_module
+
+    spec = study_spec(tmp_path)
+    spec["methods"]["reweight"]["stages"][0]["shared"] = True
+    study = load_study(write_spec(tmp_path, spec))
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setattr(study_module, "run_stage", lambda *a: _fake_stage(*a, calls=calls))
+    monkeypatch.setattr(study_module, "prepare_data", lambda study: None)
+    fork = multiprocessing.get_context("fork")  # the children keep the monkeypatched stage
+    jobs = [fork.Process(target=run_study, args=(study, job, 2, ["reweight"])) for job in (0, 1)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=60)
+    assert [job.exitcode for job in jobs] == [0, 0]
+    shared = study.folder / "reweight" / "shared" / "weights"
+    lines = calls.read_text().splitlines()
+    assert lines.count(f"{shared} fit") == 1 and lines.count(f"{shared} predict") == 1
+    assert sorted(line for line in lines if "classifier" in line) == sorted(
+        f"{study.point_dir(Point('reweight', 0.05, g)) / 'classifier'} {c}" for g in (1, 2) for c in ("fit", "test", "predict"))  # fmt: skip
 
 
 # --- k-fold testing ------------------------------------------------------------------------------
