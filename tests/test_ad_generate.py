@@ -259,3 +259,20 @@ def test_fit_then_predict_writes_a_template_the_classifier_reads(tmp_path):
         "--data.init_args.signal_fraction", "0.0", "--data.init_args.method", "template",
         "--data.init_args.template", str(template), "--model.init_args.members", "2",
     ])  # fmt: skip
+
+
+def test_logged_training_nll_is_the_mean_over_the_epochs_events(toy_r_dir, tmp_path):
+    """train/nll is averaged in the step and logged once an epoch (a self.log per step cost a
+    fifth of the step): with the learning rate at 0 it is the mean NLL of every training event
+    under the initial weights, each event counted once (the last, smaller batch weighs less)."""
+    torch.manual_seed(0)
+    data = _region(toy_r_dir, batch_size=300)
+    model = ConditionalFlow(data.n_features, data.n_context, transforms=2, hidden=16, lr=0.0)
+    trainer = _trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, data)
+    train = data.datasets["train"].tensors
+    assert len(train["features"]) % 300 > 0
+    with torch.no_grad():
+        y, c, _ = model._standardised(train)
+        expected = -model.flow.log_prob(y, context=c).double().mean()
+    assert float(trainer.callback_metrics["train/nll"]) == pytest.approx(float(expected), rel=1e-5)

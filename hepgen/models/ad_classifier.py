@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import MeanMetric
 
 from datamodules.datasets import head
 from hepgen.errors import ConfigValueError
@@ -78,6 +79,7 @@ class WeakClassifier(LightningModule):
         self.register_buffer("best_loss", torch.full((members,), math.inf, dtype=torch.float64))
         self.register_buffer("bad_epochs", torch.zeros(members, dtype=torch.long))
         self.register_buffer("best_epoch", torch.full((members,), -1, dtype=torch.long))
+        self.train_loss = MeanMetric()  # the epoch's mean training loss per member, all ranks' events
         self._val_sums: torch.Tensor | None = None
 
     # --- statistics on training data --------------------------------------------------------
@@ -110,8 +112,12 @@ class WeakClassifier(LightningModule):
         # the ranks' means is then exactly the mean of their joint batch. Summing the members
         # keeps their gradients independent.
         loss = (sums / len(batch["label"])).sum()
-        self.log("train/loss", loss / self.hparams.members, prog_bar=True, on_step=False, on_epoch=True)
+        # averaged here and logged once an epoch: a self.log per step is a large part of a small step on CPU
+        self.train_loss.update(loss.detach() / self.hparams.members, weight=len(batch["label"]))
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss, prog_bar=True)
 
     # --- validation: per-member early stopping -----------------------------------------------
     def on_validation_epoch_start(self) -> None:

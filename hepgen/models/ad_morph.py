@@ -46,6 +46,7 @@ import math
 import torch
 from lightning.pytorch import LightningModule
 from nflows.transforms import CompositeTransform, MaskedAffineAutoregressiveTransform, ReversePermutation
+from torchmetrics import MeanMetric
 
 from hepgen.errors import ConfigValueError
 from hepgen.models.ad_generate import ConditionalFlow, adam_with_cosine
@@ -145,6 +146,7 @@ class MorphFlow(LightningModule):
             raise ConfigValueError(f"base_ckpt: {base_ckpt} holds an untrained ConditionalFlow (no fitted scalers).")
         self.top = identity_maf_transform(n_features, n_context, transforms, hidden, blocks)
         self._val_sums: torch.Tensor | None = None
+        self.train_nll = MeanMetric()
 
     def train(self, mode: bool = True):
         # the frozen base stays in evaluation mode (batch norm keeps its running statistics)
@@ -178,8 +180,11 @@ class MorphFlow(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         log_p, _, _ = self._log_likelihoods(batch)
         loss = -log_p.mean()
-        self.log("train/nll", loss.float(), prog_bar=True, on_step=False, on_epoch=True, batch_size=len(log_p))
+        self.train_nll.update(loss.detach(), weight=len(log_p))  # logged once an epoch, as ConditionalFlow's
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/nll", self.train_nll, prog_bar=True)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(4, dtype=torch.float64, device=self.device)
