@@ -122,8 +122,8 @@ class Method:
     #: fold, and the report scores the k folds' predictions together
     folds: int | None = None
 
-    def stage(self, name: str) -> Stage:
-        return next(s for s in self.stages if s.name == name)
+    def stage(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ class Study:
         return Point(other.name, point.signal_fraction, point.injection_seed, point.fold), other.stage(stage.name)
 
     def stage_point(self, point: Point, stage: Stage) -> Point:
-        """The point a stage runs at: its own, a reused stage's method's, or for a shared stage the method's first."""
+        """The point a stage runs at: its own, the reused method's, or a shared stage's method's first."""
         point, stage = self.resolve(point, stage)
         if not stage.shared:
             return point
@@ -315,7 +315,7 @@ def _check_reuse(method: Method, stage: Stage, methods: dict[str, Method], path:
     if other is None or other is method:
         others = ", ".join(m for m in methods if m != method.name) or "none"
         raise StudyError(f"{where} names no other method of the study (others: {others}).")
-    real = next((s for s in other.stages if s.name == stage.name), None)
+    real = other.stage(stage.name)
     if real is None or real.reuse is not None or real.shared or real.signal_fractions is not None:
         raise StudyError(f"{where}: that method needs its own stage named {stage.name!r}, run at every one of its "
                          "points (not shared, not reused, no signal_fractions of its own).")  # fmt: skip
@@ -500,8 +500,8 @@ def run_point(study: Study, point: Point) -> dict[str, float]:
     times: dict[str, float] = {}
     for at, stage in _real_stages(study, point):
         stage_dirs = {s.name: study.stage_dir(at, s) for s in study.methods[at.method].stages}
-        # a shared or reused stage is reached by several points, maybe in several array tasks at
-        # once: one trains it, the others wait and then find its markers
+        # every stage under its lock: a shared or reused one is reached by several points, maybe in
+        # several array tasks at once; one trains it, the others wait and then find its markers
         with waiting_lock(stage_dirs[stage.name].parent / f".{stage.name}.lock"):
             for command, seconds in run_stage(study, at, stage, stage_dirs).items():
                 times[f"{stage.name}:{command}"] = seconds
