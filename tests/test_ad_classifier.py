@@ -249,3 +249,26 @@ def test_the_training_cap_thins_a_large_template_and_keeps_every_data_event(ad_s
     labels = pool_labels(method="template", template=str(template), max_train_events=n_data)
     assert (labels == 1).sum() == n_data  # no data event lost
     assert (labels == 0).sum() == n_data  # the template thinned from 3 n_data to the cap
+
+
+def test_logged_training_loss_is_the_mean_over_the_epochs_events(ad_study_dir, tmp_path):
+    """train/loss is averaged in the step and logged once an epoch: with the learning rate at 0
+    it is the members' mean weighted BCE over every training event under the initial weights,
+    each event counted once (the last, smaller batch weighs less than the others)."""
+    from lightning.pytorch import Trainer
+
+    data = WeakSupervisionDataModule(data_dir=str(ad_study_dir), source="real", signal_fraction=0.05, batch_size=300)
+    data.setup("fit")
+    train = data.datasets["train"].head()
+    assert len(train["label"]) % 300 > 0
+    torch.manual_seed(0)
+    model = WeakClassifier(n_features=train["features"].shape[1], hidden=(8,), members=3, lr=0.0)
+    trainer = Trainer(
+        max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(model, data)
+    with torch.no_grad():
+        sums, _ = model.member_losses(model.net, train)
+    expected = sums.double().mean() / len(train["label"])
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(float(expected), rel=1e-5)

@@ -222,3 +222,19 @@ def test_a_bad_base_checkpoint_is_one_line_naming_the_option(trained, ad_study_d
     assert message.startswith("base_ckpt: ") and "not a ConditionalFlow checkpoint" in message and "\n" not in message
     with pytest.raises(ConfigValueError, match=r"^base_ckpt: .* 4 features given 2 context variables, but .* 5 and 2"):
         MorphFlow(str(trained["model"].hparams.base_ckpt), 5, 2)
+
+
+def test_logged_training_nll_is_the_mean_over_the_epochs_events(base_ckpt, ad_study_dir, tmp_path):
+    """train/nll is averaged in the step and logged once an epoch, as ConditionalFlow's: with the
+    learning rate at 0 it is the mean NLL of every training event under T's initial weights,
+    each event counted once (the last, smaller batch weighs less than the others)."""
+    torch.manual_seed(2)
+    data = _region(ad_study_dir, sample="data", region="cr", batch_size=300)
+    model = MorphFlow(str(base_ckpt), data.n_features, data.n_context, transforms=2, hidden=4, lr=0.0)
+    trainer = _trainer(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, data)
+    train = data.datasets["train"].tensors
+    assert len(train["features"]) % 300 > 0
+    with torch.no_grad():
+        log_p, _, _ = model._log_likelihoods(train)
+    assert float(trainer.callback_metrics["train/nll"]) == pytest.approx(float(-log_p.mean()), rel=1e-5)
