@@ -12,6 +12,7 @@ from hepgen.models.uvcgan_s import (
     discriminator_loss,
     ema_update_rule,
     generator_loss,
+    local_energy_error,
     zero_centred_gradient_penalty,
 )
 
@@ -62,9 +63,55 @@ def test_generator_objective_has_the_reference_sphenix_weights():
         "gen_ab": 1.0, "cycle_a0": 5.0, "cycle_a1": 50.0, "gen_ba0": 0.5, "gen_ba1": 0.5,
         "cycle_b": 10.0, "idt_bb": 5.0, "idt_aa_a0": 2.5, "idt_aa_a1": 25.0,
     }  # fmt: skip
+    # hepgen's two optional terms are off unless configured, and then weigh what they are given
+    expected.update(conservation=0.0, local_energy=0.0)
     for name, weight in expected.items():
         terms = {k: torch.tensor(1.0 if k == name else 0.0) for k in expected}
         assert model.generator_objective(terms).item() == pytest.approx(weight), name
+    zero = {k: torch.tensor(0.0) for k in expected}
+    weighted = tiny_model(lambda_conservation=10.0, lambda_local_energy=25.0)
+    terms = {**zero, "conservation": torch.tensor(0.3), "local_energy": torch.tensor(0.04)}
+    assert weighted.generator_objective(terms).item() == pytest.approx(10.0 * 0.3 + 25.0 * 0.04)
+
+
+def test_local_energy_error_matches_hand_computed_values():
+    """One row of 8 towers, boxes of 3: a 9 GeV tower spreads 1 GeV (9 / 3²) over the three boxes
+    around it. Moved by one tower, two boxes of three disagree: 2/3; moved by four, all six: 2;
+    moved across the φ seam (tower 0 to tower 7) it is one tower away, not seven. A uniform 10 %
+    scale error is 0.1; negative towers are dropped, as a jet finder drops them."""
+    true = torch.zeros(1, 1, 1, 8)
+    true[..., 0] = 9.0
+
+    def at(*towers: tuple[int, float]) -> torch.Tensor:
+        x = torch.zeros(1, 1, 1, 8)
+        for tower, energy in towers:
+            x[..., tower] = energy
+        return x
+
+    assert local_energy_error(true, true, window=3).item() == 0.0
+    assert local_energy_error(at((1, 9.0)), true, window=3).item() == pytest.approx(2 / 3)
+    assert local_energy_error(at((4, 9.0)), true, window=3).item() == pytest.approx(2.0)
+    assert local_energy_error(at((7, 9.0)), true, window=3).item() == pytest.approx(2 / 3)
+    assert local_energy_error(0.9 * true, true, window=3).item() == pytest.approx(0.1)
+    assert local_energy_error(at((0, 9.0), (1, -5.0)), true, window=3).item() == 0.0
+    assert local_energy_error(at((1, 9.0)), true, window=1).item() == pytest.approx(2.0)  # per tower
+    with pytest.raises(ValueError, match="odd"):
+        local_energy_error(true, true, window=4)
+
+
+def test_conservation_term_compares_the_sum_of_the_parts_with_the_mixture_in_gev():
+    model = tiny_model()
+    background, jets = made_parts(4)
+    mixture = background + jets
+    with torch.no_grad():
+        terms, _ = model.generator_losses(background, jets, mixture)
+        parts_gev = torch.exp(model.gen_ba(torch.log(mixture + 0.1))) - 0.1
+    expected = (parts_gev[:, :1] + parts_gev[:, 1:] - mixture).abs().mean().item()
+    assert terms["conservation"].item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ConfigValueError, match="lambda_local_energy"):
+        tiny_model(lambda_local_energy=-1.0)
+    with pytest.raises(ConfigValueError, match="local_energy_window"):
+        tiny_model(local_energy_window=8)
 
 
 def test_gradient_penalty_is_zero_centred():
