@@ -116,8 +116,8 @@ def local_energy_error(extracted: torch.Tensor, true: torch.Tensor, window: int 
     over the whole grid is met by a pedestal of ~0.015 GeV on every tower; a total over the true
     signal's towers (on made events 206 per event, with 18 % of the signal energy outside the
     R = 0.4 jets, buried in the background) by piling that unresolvable periphery into the jet
-    cores, which made the anti-kT jets 21 % too energetic. A box total forgives misplacing energy by a few towers, which the
-    R = 0.4 jets forgive too, and charges misplacing it by more.
+    cores, which made the anti-kT jets 21 % too energetic. A box total forgives misplacing energy
+    by a few towers, which the R = 0.4 jets forgive too, and charges misplacing it by more.
     """
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window={window}: give an odd number of towers")
