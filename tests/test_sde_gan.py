@@ -127,6 +127,25 @@ def test_generated_paths_are_observed_at_the_real_times():
     assert torch.allclose(path[0, 2, 1:], on_grid[0, 2], atol=1e-6)  # t = 2.0 lies on the grid
 
 
+@pytest.mark.parametrize("mask_generated", [False, True])
+def test_critic_sees_generated_paths_observed_like_their_real_partners(mask_generated):
+    # with mask_generated, a generated value where the real partner is missing is replaced by the
+    # interpolation of its neighbours (as the real path's was); by default the path stays complete
+    model = tiny_model(mask_generated=mask_generated)
+    batch = random_walks(4)
+    batch["values"][:, 3] = float("nan")  # every path misses t = 3: filled halfway between t = 2 and 4
+    batch["path"][:, 3, 1] = 0.5 * (batch["path"][:, 2, 1] + batch["path"][:, 4, 1])
+    seen = []
+    critic = model.discriminator.forward
+    model.discriminator.forward = lambda path: seen.append(path.detach().clone()) or critic(path)
+    trainer(1).fit(model, _loader(batch, 4))
+    real, fake = seen[1], seen[0]  # critic_gap evaluates D(fake) first
+    assert torch.equal(real, model.normalized(batch["path"]))
+    halfway = 0.5 * (fake[:, 2, 1] + fake[:, 4, 1])
+    assert torch.allclose(fake[:, 3, 1], halfway, atol=1e-6) == mask_generated
+    assert torch.equal(fake[:, :, 0], real[:, :, 0])
+
+
 # --- the Lipschitz constraint ------------------------------------------------------------------
 class WeightRecorder(Callback):
     """The critic's linear weights after every training batch."""

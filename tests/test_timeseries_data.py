@@ -19,7 +19,7 @@ from scipy.integrate import solve_ivp
 
 from datamodules import CSVSeriesDataModule, OUDataModule, TrajectoryDataModule
 from datamodules.timeseries import filled_path
-from hepgen.io.timeseries import fill_missing, read_csv_columns, read_plt
+from hepgen.io.timeseries import fill_missing, interpolate_missing, read_csv_columns, read_plt
 from hepgen.errors import ConfigValueError
 from hepgen.io import DataFileError
 from hepgen.synth.cli import main as data_main
@@ -67,6 +67,19 @@ def test_fill_missing_by_hand():
     times = np.array([[0.0, 1.0, 3.0, 4.0, 8.0]])
     np.testing.assert_allclose(fill_missing(values, times)[0, :, 0], [1.0, 1.0, 3.0, 4.0, 4.0])
     assert np.isnan(fill_missing(np.full((1, 3, 1), np.nan))).all()  # nothing to fill from
+
+
+def test_interpolate_missing_passes_gradients_to_the_kept_values_only():
+    # a generated path observed like a real one: the values at the missing entries are replaced,
+    # so they get no gradient; the kept ones get the interpolation weights (no NaN from the ends)
+    values = torch.tensor([[[5.0], [1.0], [7.0], [4.0], [9.0]]], requires_grad=True)
+    missing = torch.tensor([[[True], [False], [True], [False], [True]]])
+    times = torch.tensor([[0.0, 1.0, 3.0, 4.0, 8.0]])
+    filled = interpolate_missing(values, missing, times)
+    torch.testing.assert_close(filled[0, :, 0], torch.tensor([1.0, 1.0, 3.0, 4.0, 4.0]))
+    filled.sum().backward()
+    # t = 0 copies t = 1; t = 3 is 1/3 of t = 1 and 2/3 of t = 4; t = 8 copies t = 4
+    torch.testing.assert_close(values.grad[0, :, 0], torch.tensor([0.0, 2 + 1 / 3, 0.0, 2 + 2 / 3, 0.0]))
 
 
 def test_fill_missing_names_a_channel_without_observation():

@@ -1,8 +1,8 @@
 """Time-series files: numeric CSV columns, Geolife ``.plt`` GPS tracks, and missing values.
 
-A missing observation is NaN everywhere in hepgen, and only :func:`fill_missing` fills it, the
-way torchcde interpolates a path: linearly in time between observed neighbours, held constant
-before the first and after the last observation.
+A missing observation is NaN everywhere in hepgen, and only :func:`interpolate_missing` (torch) and
+:func:`fill_missing` (numpy, through it) fill it, the way torchcde interpolates a path: linearly in
+time between observed neighbours, held constant before the first and after the last observation.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hepgen.errors import ConfigValueError
 from hepgen.io.errors import DataFileError
@@ -18,6 +19,36 @@ from hepgen.io.errors import DataFileError
 #: Fields read as a missing value (after stripping blanks).
 MISSING_TOKENS = ("", "NA", "NaN", "nan", "null")
 _MISSING = frozenset(MISSING_TOKENS)
+
+
+def interpolate_missing(values: torch.Tensor, missing: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """``values`` (N, T, C) with the entries at ``missing`` (N, T, C) bool replaced as torchcde fills NaN.
+
+    A missing entry lies on the straight line, in ``times`` (N, T), between its observed
+    neighbours; before the first observation it takes the first observed value, after the last the
+    last. Where a channel of a path has no observation at all, the entries stay as they were (NaN
+    in data). Differentiable in the observed entries: a generated path observed like a real one
+    passes the critic's gradient back to the values that were kept.
+    """
+    length = values.shape[1]
+    index = torch.arange(length, device=values.device).view(1, length, 1).expand_as(values)
+    observed = ~missing
+    prev = torch.where(observed, index, -1).cummax(dim=1).values
+    nxt = torch.where(observed, index, length).flip(1).cummin(dim=1).values.flip(1)
+    interior = missing & (prev >= 0) & (nxt < length)  # an observed entry is its own neighbour: 0/0
+    # leading gaps have no previous observation: take the first one (the next); trailing: the last
+    prev = torch.where(prev < 0, nxt, prev).clamp_max(length - 1)
+    nxt = torch.where(nxt >= length, prev, nxt).clamp_max(length - 1)
+    t = times.unsqueeze(-1).expand_as(values)
+    v_prev, v_next = values.gather(1, prev), values.gather(1, nxt)
+    t_prev, t_next = t.gather(1, prev), t.gather(1, nxt)
+    # torchcde's order of operations (float32 results identical); off the interior the ratio is 0,
+    # not 0/0, so no NaN reaches the gradient through a branch that torch.where discards
+    gap = torch.where(interior, t_next - t_prev, torch.ones_like(t))
+    ratio = torch.where(interior, (t - t_prev) / gap, torch.zeros_like(t))
+    filled = v_prev + ratio * (v_next - v_prev)
+    never = ~observed.any(dim=1, keepdim=True)
+    return torch.where(missing & ~never, filled, values)
 
 
 def fill_missing(values: np.ndarray, times: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
@@ -31,35 +62,19 @@ def fill_missing(values: np.ndarray, times: np.ndarray | None = None, chunk: int
     off the segment between its neighbours in (t, x); interpolating in time keeps the path a
     reparametrisation of the observed one, so a missing value does not move a CDE's output.
     A channel never observed in a path stays NaN (torchcde would make it 0, a value the data
-    never had): callers drop such paths or refuse them.
+    never had): callers drop such paths or refuse them. (:func:`interpolate_missing` on chunks.)
     """
     values = np.asarray(values)
     if times is None:
         times = np.broadcast_to(np.arange(values.shape[1], dtype=values.dtype), values.shape[:2])
-    times = np.asarray(times)
+    times = np.asarray(times, dtype=values.dtype)
     out = values.copy()
-    for lo in range(0, len(values), chunk):  # bounded memory: four int64 indices per value
-        v = values[lo : lo + chunk]
-        obs = ~np.isnan(v)
-        if obs.all():
-            continue
-        length = v.shape[1]
-        index = np.arange(length).reshape(1, length, 1)
-        prev = np.maximum.accumulate(np.where(obs, index, -1), axis=1)
-        nxt = np.minimum.accumulate(np.where(obs, index, length)[:, ::-1], axis=1)[:, ::-1]
-        interior = (prev >= 0) & (nxt < length)
-        # leading NaNs have no previous observation: take the first one (the next); trailing: the last
-        prev = np.where(prev < 0, nxt, prev)
-        nxt = np.where(nxt >= length, prev, nxt)
-        prev, nxt = np.minimum(prev, length - 1), np.minimum(nxt, length - 1)  # never observed: NaN stays
-        t = np.broadcast_to(times[lo : lo + chunk, :, None], v.shape)
-        v_prev, v_next = np.take_along_axis(v, prev, 1), np.take_along_axis(v, nxt, 1)
-        t_prev, t_next = np.take_along_axis(t, prev, 1), np.take_along_axis(t, nxt, 1)
-        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 off the interior, discarded below
-            # torchcde's order of operations, so the float32 results are identical
-            ratio = (t - t_prev) / (t_next - t_prev)
-            filled = np.where(interior, v_prev + ratio * (v_next - v_prev), v_prev)
-        out[lo : lo + chunk] = np.where(obs, v, filled)
+    for lo in range(0, len(values), chunk):  # bounded memory: a few int64 indices per value
+        v = torch.from_numpy(np.ascontiguousarray(values[lo : lo + chunk]))
+        missing = torch.isnan(v)
+        if missing.any():
+            t = torch.from_numpy(np.ascontiguousarray(times[lo : lo + chunk]))
+            out[lo : lo + chunk] = interpolate_missing(v, missing, t).numpy()
     return out
 
 
