@@ -6,7 +6,8 @@
     hepgen fit -c experiments/sde_gan/ou_basic.yaml --run.threads 1
     python benchmarks/sde_gan_quality.py watch RUN/checkpoints/last.ckpt SNAPDIR
     # 3. both against the same exact OU paths
-    python benchmarks/sde_gan_quality.py compare --pair SNAPDIR/step10000.ckpt REFDIR/step10000.pt
+    python benchmarks/sde_gan_quality.py compare --pair SNAPDIR/step10000.ckpt REFDIR/step10000.pt --checkout DIR
+    python benchmarks/sde_gan_quality.py compare --hepgen RUN/checkpoints/last.ckpt   # hepgen alone
 
 ``reference`` runs the example's own code (data, networks, initialisation, loop, SWA) unchanged. Only
 three things are patched around it: its every-10-steps ``evaluate_loss`` (a printout; it does not
@@ -177,8 +178,10 @@ def reference_generator(checkout: Path, path: Path):
 # ------------------------------------------------------------------------------- hepgen
 def hepgen_model(path: Path) -> SDEGAN:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoint["hyper_parameters"]
     sizes = ("data_size", "t_size", "initial_noise", "noise", "hidden", "width", "layers", "solver", "adjoint", "dt")
-    model = SDEGAN(**{k: checkpoint["hyper_parameters"][k] for k in sizes})
+    options = ("lipschitz", "critic_quadratic_variation")  # what shapes the critic, where the checkpoint has it
+    model = SDEGAN(**{k: saved[k] for k in sizes}, **{k: saved[k] for k in options if k in saved})
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 
@@ -202,7 +205,8 @@ def row(name: str, m: dict) -> str:
     return f"| {name} | {w1} | {m['w1_mean']:.3f} | {m['sig_mmd']:.3f} | {m['accuracy']:.3f} |"
 
 
-def compare(pairs: list[tuple[Path, Path]], checkout: Path, events: int, seed: int) -> None:
+def compare(pairs: list[tuple[Path, Path]], checkout: Path | None, events: int, seed: int,
+            alone: list[Path] = ()) -> None:  # fmt: skip
     torch.set_num_threads(1)
     real = simulate_ou(events, T_SIZE, seed=seed)
     print(f"{events} exact OU paths per sample (seed {seed}); W1 at t = {', '.join(map(str, PAPER_TIMES))}\n")
@@ -220,6 +224,10 @@ def compare(pairs: list[tuple[Path, Path]], checkout: Path, events: int, seed: i
             normalised = generator(torch.arange(float(T_SIZE)), events)[..., 1]
         generated = (normalised * std + mean).double().numpy()
         print(row(f"torchsde example ({theirs.name})", metrics(real, generated)), flush=True)
+    for ours in alone:
+        model = hepgen_model(ours)
+        generated = model.generate(events, torch.Generator().manual_seed(seed + 2))[..., 0].double().numpy()
+        print(row(f"hepgen, {int(model.generator_steps)} steps ({ours})", metrics(real, generated)), flush=True)
 
 
 # ------------------------------------------------------------------------------- hepgen snapshots
@@ -257,8 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     ref.add_argument("--save-every", type=int, default=100)
     ref.add_argument("--keep-every", type=int, default=400)
     cmp = sub.add_parser("compare", help="both models against the same exact OU paths")
-    cmp.add_argument("--pair", nargs=2, type=Path, action="append", required=True, metavar=("HEPGEN_CKPT", "REF_PT"))
-    cmp.add_argument("--checkout", type=Path, required=True)
+    cmp.add_argument("--pair", nargs=2, type=Path, action="append", default=[], metavar=("HEPGEN_CKPT", "REF_PT"))
+    cmp.add_argument("--hepgen", type=Path, action="append", default=[], metavar="HEPGEN_CKPT",
+                     help="a hepgen checkpoint alone (no reference beside it)")
+    cmp.add_argument("--checkout", type=Path, help="a torchsde checkout (needed with --pair)")
     cmp.add_argument("--events", type=int, default=8192)
     cmp.add_argument("--seed", type=int, default=100)
     wat = sub.add_parser("watch", help="keep hepgen's last.ckpt at every --every generator steps")
@@ -271,7 +281,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         ReferenceTraining(args.checkout, args.out, args.steps, args.seed, args.save_every, args.keep_every).run()
     elif args.command == "compare":
-        compare([tuple(p) for p in args.pair], args.checkout, args.events, args.seed)
+        if not args.pair and not args.hepgen:
+            parser.error("compare: give --pair HEPGEN_CKPT REF_PT or --hepgen HEPGEN_CKPT")
+        if args.pair and args.checkout is None:
+            parser.error("compare --pair: give --checkout DIR (a torchsde checkout)")
+        compare([tuple(p) for p in args.pair], args.checkout, args.events, args.seed, args.hepgen)
     else:
         watch(args.last, args.out, args.every, args.until)
 

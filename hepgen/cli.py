@@ -229,8 +229,10 @@ class HepgenCLI(LightningCLI):
         if ckpt_path is not None:
             check_matches(self.model, ckpt_path)
         super()._run_subcommand(subcommand)
-        if subcommand == "fit" and self.trainer.is_global_zero and not self.trainer.interrupted:
-            update_latest_link(self.run_dir)  # run:<experiment>@latest now means this run
+        trainer = self.trainer
+        if subcommand == "fit" and trainer.is_global_zero and not trainer.interrupted and not trainer.fast_dev_run:
+            # run:<experiment>@latest now means this run; a fast_dev_run saves no checkpoint to point at
+            update_latest_link(self.run_dir)
 
     def instantiate_trainer(self, **kwargs):
         if self.subcommand is None:

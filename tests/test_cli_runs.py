@@ -102,6 +102,18 @@ def test_evaluating_without_a_checkpoint_warns(two_runs, calogan_dir):
         main(tiny_args("validate", calogan_dir, two_runs, "--run.version", "v1"))
 
 
+def test_a_fast_dev_run_does_not_become_the_latest_run(two_runs, calogan_dir, tmp_path):
+    # Lightning saves no checkpoint (and no config) in a fast_dev_run: run:<experiment>@latest must
+    # keep naming the last real fit. A copy of the runs keeps the module's fixture as it was.
+    root = tmp_path / "runs"
+    shutil.copytree(two_runs, root, symlinks=True)
+    main(tiny_args("fit", calogan_dir, root, "--trainer.fast_dev_run", "1"))
+    assert (root / "tiny" / "v2").is_dir()  # the smoke run had its own folder
+    assert (root / "tiny" / "latest").resolve() == (root / "tiny" / "v1").resolve()
+    last_v1 = (root / "tiny" / "v1" / "checkpoints" / "last.ckpt").resolve()
+    assert resolve_checkpoint("run:tiny@latest:last", root) == last_v1
+
+
 def test_run_references_resolve_to_the_latest_finished_fit(two_runs):
     runs = two_runs / "tiny"
     assert (runs / "latest").resolve() == (runs / "v1").resolve()

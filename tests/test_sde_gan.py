@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader
 from datamodules.datasets import ArrayDictDataset
 from datamodules.timeseries import OUDataModule
 from hepgen.cli import main
+from hepgen.errors import ConfigValueError
 from hepgen.models.sde_gan import SDEGAN
-from hepgen.nn.sde import CDEDiscriminator, SDEGenerator
+from hepgen.nn.sde import CDEDiscriminator, SDEGenerator, with_quadratic_variation
 
 T = 8
 
@@ -91,14 +92,36 @@ def test_adjoint_and_backprop_through_the_steps_give_the_same_gradients():
         grads.append(_gradients(generator, generator(ts, noise, entropy=7).square().mean()))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
 
-    path = random_walks(16)["path"].requires_grad_(True)
-    grads = []
-    for adjoint in (True, False):
-        torch.manual_seed(0)
-        critic = CDEDiscriminator(1, hidden=4, width=4, adjoint=adjoint)
-        grads.append(_gradients(critic, critic(path).mean()))
-    assert ((grads[0] - grads[1]).norm() / grads[1].norm()) < 1e-2
-    assert grads[1].norm() > 0
+    for quadratic_variation in (False, True):
+        path = random_walks(16)["path"].requires_grad_(True)
+        grads, path_grads = [], []
+        for adjoint in (True, False):
+            torch.manual_seed(0)
+            critic = CDEDiscriminator(
+                1, hidden=4, width=4, adjoint=adjoint, quadratic_variation=float(quadratic_variation)
+            )
+            grads.append(_gradients(critic, critic(path).mean()))
+            path_grads.append(path.grad.clone())
+            path.grad = None
+        assert ((grads[0] - grads[1]).norm() / grads[1].norm()) < 1e-2
+        assert grads[1].norm() > 0
+        # what reaches the generator: the gradient with respect to the (unaugmented) path
+        assert ((path_grads[0] - path_grads[1]).norm() / path_grads[1].norm()) < 1e-2
+
+
+def test_quadratic_variation_channel_is_the_running_sum_of_squared_increments():
+    # two value channels observed at irregular times: the time channel is left alone
+    path = torch.tensor([[[0.0, 1.0, 0.0], [0.5, 3.0, -1.0], [2.0, 2.0, 1.0], [2.5, 2.5, 1.0]]])
+    augmented = with_quadratic_variation(path)
+    assert torch.equal(augmented[..., :3], path)
+    expected = torch.tensor([[0.0, 0.0], [4.0, 1.0], [5.0, 5.0], [5.25, 5.0]])
+    torch.testing.assert_close(augmented[0, :, 3:], expected)
+    torch.testing.assert_close(with_quadratic_variation(path, 0.5)[0, :, 3:], 0.5 * expected)
+    # the critic reads the augmented control: C more channels in its first layer and its field
+    plain = CDEDiscriminator(2, hidden=4, width=4)
+    augmented_critic = CDEDiscriminator(2, hidden=4, width=4, quadratic_variation=1.0)
+    assert augmented_critic.initial[0].in_features == plain.initial[0].in_features + 2
+    assert augmented_critic.field.channels == plain.field.channels + 2
 
 
 def test_critic_depends_on_time_channel():
@@ -344,3 +367,12 @@ def test_predict_writes_generated_paths_at_the_test_split_times(tmp_path):
     assert names == ["y"] and values.shape == (16, 12, 1) and np.isfinite(values).all()
     assert np.array_equal(times, test["times"].numpy())
     assert not np.allclose(values, test["path"][..., 1:].numpy())  # generated, not copied
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("n_critic", 0), ("t_size", 1), ("lipschitz", "spectral"), ("critic_quadratic_variation", -1.0)],
+)
+def test_bad_options_name_themselves(option, value):
+    with pytest.raises(ConfigValueError, match=rf"^{option}="):
+        SDEGAN(**{option: value})

@@ -70,6 +70,10 @@ class SDEGAN(AdversarialModule):
             an interpolated stretch is smoother (dropping 30 % of an OU path's values takes about
             30 % off its quadratic variation), so the critic rewards a generator with too little
             noise. ``False`` (default) is the reference's rule.
+        critic_quadratic_variation: if > 0, drive the critic also by each channel's running sum
+            of squared increments (standardised units) times this factor, which puts the paths'
+            noise level into the critic's first order (see
+            :func:`hepgen.nn.sde.with_quadratic_variation`). 0 (default) is the reference.
     """
 
     #: the mean marginal Wasserstein-1 distance, logged by the PathMetrics callback
@@ -101,11 +105,14 @@ class SDEGAN(AdversarialModule):
         lr_scheduler_d: LRSchedulerCallable | None = None,
         eval_seed: int = 0,
         mask_generated: bool = False,
+        critic_quadratic_variation: float = 0.0,
     ) -> None:
         if n_critic < 1:
             raise ConfigValueError(f"n_critic={n_critic}: must be at least 1.")
         if t_size < 2:
             raise ConfigValueError(f"t_size={t_size}: a path needs at least 2 observations.")
+        if critic_quadratic_variation < 0:
+            raise ConfigValueError(f"critic_quadratic_variation={critic_quadratic_variation}: a factor >= 0 (0: off).")
         if lipschitz not in ("clip", "gp"):
             raise ConfigValueError(f"lipschitz={lipschitz!r}: choose 'clip' or 'gp'.")
         if solver == "reversible_heun" or not adjoint:
@@ -127,8 +134,9 @@ class SDEGAN(AdversarialModule):
         )  # fmt: skip
         # a gradient penalty differentiates the critic's backward: no adjoint there
         self.discriminator = CDEDiscriminator(
-            data_size, hidden, width, layers, adjoint=adjoint and lipschitz == "clip", dt=dt
-        )
+            data_size, hidden, width, layers, adjoint=adjoint and lipschitz == "clip", dt=dt,
+            quadratic_variation=critic_quadratic_variation,
+        )  # fmt: skip
         self.build_averages()
         self.register_buffer("ts", torch.arange(t_size, dtype=torch.float32))
         # normalisation of the value channels, fitted on training data and saved with the weights
