@@ -212,11 +212,14 @@ def compare(pairs: list[tuple[Path, Path]], checkout: Path | None, events: int, 
     print(f"{events} exact OU paths per sample (seed {seed}); W1 at t = {', '.join(map(str, PAPER_TIMES))}\n")
     print("| model | W1 at the five times | mean W1 | signature MMD² | classifier accuracy |\n|---|---|---|---|---|")
     print(row("floor: a second exact sample", metrics(real, simulate_ou(events, T_SIZE, seed=seed + 1))))
-    for ours, theirs in pairs:
+
+    def hepgen_row(ours: Path, label: str) -> None:
         model = hepgen_model(ours)
-        steps = int(model.generator_steps)
         generated = model.generate(events, torch.Generator().manual_seed(seed + 2))[..., 0].double().numpy()
-        print(row(f"hepgen, {steps} steps ({ours.name})", metrics(real, generated)))
+        print(row(f"hepgen, {int(model.generator_steps)} steps ({label})", metrics(real, generated)), flush=True)
+
+    for ours, theirs in pairs:
+        hepgen_row(ours, ours.name)
         generator, mean, std = reference_generator(checkout, theirs)
         torch.manual_seed(seed + 2)
         np.random.seed(seed + 2)
@@ -225,9 +228,7 @@ def compare(pairs: list[tuple[Path, Path]], checkout: Path | None, events: int, 
         generated = (normalised * std + mean).double().numpy()
         print(row(f"torchsde example ({theirs.name})", metrics(real, generated)), flush=True)
     for ours in alone:
-        model = hepgen_model(ours)
-        generated = model.generate(events, torch.Generator().manual_seed(seed + 2))[..., 0].double().numpy()
-        print(row(f"hepgen, {int(model.generator_steps)} steps ({ours})", metrics(real, generated)), flush=True)
+        hepgen_row(ours, str(ours))
 
 
 # ------------------------------------------------------------------------------- hepgen snapshots
