@@ -80,6 +80,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -839,6 +840,44 @@ def compare_generation(cfg: dict, tensors: dict[str, torch.Tensor], repeats: int
               f"(goal >= {GOAL_SHOWERS_PER_S:,}: {verdict(rate >= GOAL_SHOWERS_PER_S)})")
     config, baseline = rates.values()
     print(f"  throughput config / baseline: {config / baseline:.3f}")
+    for name, model in models.items():
+        print_generation_bound(name, model, repeats)
+
+
+def generation_linears(model: CaloVAE) -> list[nn.Linear]:
+    """The linear layers a generated shower passes through: the decoder's and the latent flow's."""
+    parts = [model.decoder] + ([model.latent_flow] if model.latent_flow is not None else [])
+    return [m for part in parts for m in part.modules() if isinstance(m, nn.Linear)]
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def print_generation_bound(name: str, model: CaloVAE, repeats: int) -> None:
+    """The least time 10,000 showers can take with this model on this machine: its linear layers run
+    alone at batch 10,000 (each timed on its own input shape) plus the random numbers it draws per
+    cell (one uniform for the hit, and for log-normal sharing one normal), with no other work."""
+    linears = generation_linears(model)
+    macs = sum(m.in_features * m.out_features for m in linears)
+    t_linear = sum(_median_time(lambda m=m, x=torch.randn(GEN_BATCH, m.in_features): m(x), repeats) for m in linears)
+    cells = GEN_BATCH * sum(math.prod(shape) for shape in model.layer_shapes.values())
+    gen = torch.Generator().manual_seed(0)
+    buffer = torch.empty(cells)
+    t_random = _median_time(lambda: buffer.uniform_(generator=gen), repeats)
+    if model.share_params == 2:
+        t_random += _median_time(lambda: buffer.normal_(generator=gen), repeats)
+    bound = GEN_BATCH / (t_linear + t_random)
+    print(f"  bound, {name}: {macs:,} multiply-adds per shower, linear layers {t_linear * 1e3:.1f} ms "
+          f"({2 * macs * GEN_BATCH / t_linear / 1e9:.0f} GFLOP/s) + random numbers {t_random * 1e3:.1f} ms "
+          f"for {GEN_BATCH:,} showers -> at most {bound:,.0f} showers/s")
 
 
 # ------------------------------------------------------------------------------- report

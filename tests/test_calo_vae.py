@@ -69,6 +69,29 @@ def test_generated_showers_are_physical():
     assert all(torch.equal(out[k], again[k]) for k in out)
 
 
+def test_generation_in_chunks_keeps_every_shower_with_its_energy_and_particle(monkeypatch):
+    """A large batch is generated in chunks on a CPU: the showers are those of the chunks drawn one
+    after the other from the same generator, each with its own incident energy and particle."""
+    import hepgen.models.calo_vae as calo_vae
+
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16, num_particles=2, sharing="lognormal")
+    showers = simulate_showers(300, seed=4)
+    model.representation.fit([torch.from_numpy(showers[k]).flatten(1) for k in LAYER_KEYS],
+                             torch.from_numpy(showers["energy"]))  # fmt: skip
+    energy = torch.linspace(1.0, 100.0, 7)[:, None]
+    particle = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    monkeypatch.setattr(calo_vae, "CPU_GENERATION_CHUNK", 3)
+    whole = model.generate(energy, particle, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    parts = [model.generate(energy[i : i + 3], particle[i : i + 3], gen) for i in (0, 3, 6)]
+    for k in whole:
+        assert whole[k].shape[0] == 7
+        torch.testing.assert_close(whole[k], torch.cat([p[k] for p in parts]), rtol=0, atol=0)
+    # each row keeps its own incident energy: the layer energies are fractions of it
+    layer_sums = sum(whole[k].flatten(1).sum(1) for k in whole)
+    assert layer_sums[-1] > 10 * layer_sums[0]
+
+
 def _evaluate(model: CaloVAE, dm: CaloGANDataModule) -> dict[str, float]:
     """Validation negative ELBO and mean |occupancy difference| (percentage points) of the model."""
     batch = dm.datasets["val"].tensors

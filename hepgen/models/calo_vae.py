@@ -39,6 +39,11 @@ from hepgen.nn.shower import (
 )  # fmt: skip
 from hepgen.physics.calo_geometry import LAYER_SHAPES
 
+#: Showers per pass of :meth:`CaloVAE.generate` on a CPU: 10,000 CaloGAN showers make tensors of
+#: 10 MB per layer, and each element-wise step is a pass through main memory; in chunks of 4,096 more
+#: of it stays in cache (at one thread 15-20 % more showers/s at batch 10,000, at two 0-4 %).
+CPU_GENERATION_CHUNK = 4096
+
 SharingName = Literal["softmax", "lognormal"]
 LatentDensityName = Literal["normal", "flow"]
 
@@ -244,6 +249,11 @@ class CaloVAE(LightningModule):
         Returns ``{key: (B, *shape)}`` in MeV for the layers of ``layer_shapes``; for CaloGAN
         ``{"layer_0": (B, 3, 96), "layer_1": (B, 12, 12), "layer_2": (B, 12, 6)}``.
         """
+        if self.device.type == "cpu" and len(energy_gev) > CPU_GENERATION_CHUNK:
+            chunks = energy_gev.split(CPU_GENERATION_CHUNK)
+            particles = [None] * len(chunks) if particle is None else particle.split(CPU_GENERATION_CHUNK)
+            parts = [self.generate(e, p, generator) for e, p in zip(chunks, particles)]
+            return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
         energy_gev = energy_gev.to(self.device, torch.float32)
         cond = self._condition({"energy": energy_gev, "particle": particle})
         if self.latent_flow is None:
