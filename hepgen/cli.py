@@ -268,28 +268,29 @@ def default_checkpoints(dirpath: Path, monitor: str | None, mode: str, every_n_e
     writes it at validation end when ``check_val_every_n_epoch > 1``, so it would skip the
     epochs without validation and miss the epoch-end records of the ones with it.
     """
-    callbacks = [
-        ModelCheckpoint(
-            dirpath=dirpath,
-            filename="last",
-            monitor=None,
-            save_top_k=1,
-            every_n_epochs=every_n_epochs,
-            save_on_train_epoch_end=True,
-        )
-    ]
-    if monitor:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=dirpath,
-                filename="best-{epoch}-{step}",
-                monitor=monitor,
-                mode=mode,
-                save_top_k=1,
-                every_n_epochs=every_n_epochs,
-            )
-        )
-    return callbacks
+    last = ModelCheckpoint(
+        dirpath=dirpath,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=every_n_epochs,
+        save_on_train_epoch_end=True,
+    )
+    if not monitor:
+        return [last]
+    best = ModelCheckpoint(
+        dirpath=dirpath,
+        filename="best-{epoch}-{step}",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        every_n_epochs=every_n_epochs,
+    )
+    # `best` before `last`: both save in on_train_epoch_end, in list order, and `last.ckpt` holds
+    # `best`'s state. Written first, `last` would record the previous epoch's best; a resume would
+    # then compare against that older score and never delete the epoch's own best file, and
+    # `--ckpt_path best` (the newest best-*.ckpt) could pick a worse model.
+    return [best, last]
 
 
 def _num_particles(data) -> int:

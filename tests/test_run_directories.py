@@ -53,6 +53,12 @@ def test_resume_is_exact(calogan_dir, tmp_path):
     assert (split / "config.1.yaml").is_file()
     ckpt = torch.load(split / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 3
+    # the best checkpoint too is the uninterrupted run's, with no stale one from before the resume
+    # (`--ckpt_path best` takes the newest best-*.ckpt)
+    def best(run: str) -> list[str]:
+        return sorted(p.name for p in (tmp_path / "tiny" / run / "checkpoints").glob("best-*.ckpt"))
+
+    assert best("split") == best("straight")
 
 
 def test_ckpt_last_without_checkpoint_is_an_error(calogan_dir, tmp_path):
