@@ -80,8 +80,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 import yaml
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `datamodules` is a top-level package of the repository
