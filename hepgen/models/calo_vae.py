@@ -7,7 +7,8 @@ log(E_l / E_inc)), a set of hit cells (Bernoulli per cell) and the sharing of th
 among the hit cells, so that energy and sparsity are modelled explicitly (see
 :mod:`hepgen.nn.shower`). The sharing is a softmax of the decoder's logits (``sharing: softmax``:
 each z gives one shape) or log-normal per cell (``lognormal``: the shape fluctuates around it
-from shower to shower, as real showers do). The loss per shower is
+from shower to shower, as real showers do). With ``cells_given_energies`` the hit cells and their
+sharing are drawn given the layer energies drawn first. The loss per shower is
 
     L = NLL_energy + BCE_hits + NLL_sharing + beta(step) * sum_d max(KL_d, free_bits)
 
@@ -66,6 +67,9 @@ class CaloVAE(LightningModule):
         sharing: how a layer's energy is shared among its hit cells: ``softmax`` or ``lognormal``.
         latent_density: what generation draws z from: ``normal`` (the prior) or ``flow``.
         flow_transforms, flow_hidden: coupling layers and their width for ``latent_density: flow``.
+        cells_given_energies: draw the layer energies first and each layer's cells given them
+            (the decoder's branches see the standardised layer energies), instead of both side by
+            side from z.
         optimizer: optimizer factory (Adam, lr 1e-3 by default).
         lr_scheduler: optional scheduler factory, stepped once per epoch.
     """
@@ -88,6 +92,7 @@ class CaloVAE(LightningModule):
         latent_density: LatentDensityName = "normal",
         flow_transforms: int = 6,
         flow_hidden: int = 64,
+        cells_given_energies: bool = False,
         layer_shapes: dict[str, list[int]] | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -108,7 +113,9 @@ class CaloVAE(LightningModule):
         self.share_params = 2 if sharing == "lognormal" else 1
         self.representation = ShowerRepresentation(cells)
         self.encoder = LayerwiseEncoder(cells, cond_dim, latent_dim, hidden, branch)
-        self.decoder = LayerwiseDecoder(cells, cond_dim, latent_dim, hidden, branch, self.share_params)
+        self.decoder = LayerwiseDecoder(
+            cells, cond_dim, latent_dim, hidden, branch, self.share_params, cells_given_energies
+        )
         self.latent_flow = (
             ConditionalCouplingFlow(latent_dim, cond_dim, flow_transforms, flow_hidden) if latent_density == "flow" else None
         )
@@ -157,7 +164,9 @@ class CaloVAE(LightningModule):
         mean, log_var = self.encoder(shapes, energies, cond)
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * log_var) * eps
-        e_mean, e_log_var, hit_logits, share_params = self.decoder(z, cond)
+        # the cells are scored given the shower's own layer energies (teacher forcing); generation
+        # draws the energies first and the cells for them
+        e_mean, e_log_var, hit_logits, share_params = self.decoder(z, cond, energies)
 
         nll_energy = 0.5 * (e_log_var + (energies - e_mean) ** 2 / e_log_var.exp()).sum(1)
         bce_hits = sum(
@@ -260,9 +269,11 @@ class CaloVAE(LightningModule):
             z = torch.randn((len(energy_gev), self.hparams.latent_dim), generator=generator, device=self.device)
         else:
             z = self.latent_flow.sample(cond, generator)
-        e_mean, e_log_var, hit_logits, share_params = self.decoder(z, cond)
+        h, e_mean, e_log_var = self.decoder.energies(z, cond)
         noise = torch.randn(e_mean.shape, generator=generator, device=self.device)
-        layer_energy = self.representation.decode_energies(e_mean + torch.exp(0.5 * e_log_var) * noise, energy_gev)
+        energies = e_mean + torch.exp(0.5 * e_log_var) * noise
+        hit_logits, share_params = self.decoder.cells(h, energies)
+        layer_energy = self.representation.decode_energies(energies, energy_gev)
         showers = {}
         for i, (key, shape) in enumerate(self.layer_shapes.items()):
             hits = torch.rand(hit_logits[i].shape, generator=generator, device=self.device) < torch.sigmoid(hit_logits[i])

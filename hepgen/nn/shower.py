@@ -118,25 +118,53 @@ class LayerwiseDecoder(nn.Module):
     Output: energy mean and log-variance (B, L) each, and per layer the hit logits (B, n_l) and
     the sharing parameters (B, share_params * n_l): per cell, a softmax logit (``share_params``
     1) or the mean and log-scale of its log-fraction (2, see :func:`lognormal_sharing_nll`).
+
+    With ``given_energies`` the layer branches also see the standardised layer energies (B, L):
+    the cells are drawn for the layer energies drawn first, p(E | z) p(cells | z, E), as the two
+    stages of CaloFlow. A layer's energy says much about its cells that z need not carry: in the
+    last CaloGAN layer, 0.1 % of the shower, whether a shower particle reached it at all.
     """
 
     def __init__(
-        self, layer_cells: list[int], cond_dim: int, latent_dim: int, hidden: int, branch: int, share_params: int = 1
+        self,
+        layer_cells: list[int],
+        cond_dim: int,
+        latent_dim: int,
+        hidden: int,
+        branch: int,
+        share_params: int = 1,
+        given_energies: bool = False,
     ) -> None:
         super().__init__()
         self.layer_cells = list(layer_cells)
         self.share_params = share_params
+        self.given_energies = given_energies
+        n_layers = len(layer_cells)
         self.trunk = mlp([latent_dim + cond_dim, hidden, hidden], final_activation=True)
-        self.energy_head = nn.Linear(hidden, 2 * len(layer_cells))
-        self.branches = nn.ModuleList(mlp([hidden, branch, (1 + share_params) * n]) for n in layer_cells)
+        self.energy_head = nn.Linear(hidden, 2 * n_layers)
+        branch_in = hidden + (n_layers if given_energies else 0)
+        self.branches = nn.ModuleList(mlp([branch_in, branch, (1 + share_params) * n]) for n in layer_cells)
 
-    def forward(self, z: torch.Tensor, cond: torch.Tensor):
+    def energies(self, z: torch.Tensor, cond: torch.Tensor):
+        """The trunk's features h (B, hidden) and the layer energies' mean and log-variance (B, L)."""
         h = self.trunk(torch.cat([z, cond], dim=1))
         e_mean, e_log_var = self.energy_head(h).chunk(2, dim=1)
+        return h, e_mean, e_log_var.clamp(-10.0, 5.0)
+
+    def cells(self, h: torch.Tensor, energies: torch.Tensor | None = None):
+        """Per layer the hit logits (B, n_l) and sharing parameters, given the trunk's features and,
+        with ``given_energies``, the standardised layer energies (B, L) the cells are drawn for."""
+        if self.given_energies:
+            if energies is None:
+                raise ValueError("this decoder draws the cells given the layer energies: pass energies (B, L).")
+            h = torch.cat([h, energies], dim=1)
         heads = [b(h).split([n, self.share_params * n], dim=1) for b, n in zip(self.branches, self.layer_cells)]
-        hit_logits = [hl for hl, _ in heads]
-        share_params = [sp for _, sp in heads]
-        return e_mean, e_log_var.clamp(-10.0, 5.0), hit_logits, share_params
+        return [hl for hl, _ in heads], [sp for _, sp in heads]
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor, energies: torch.Tensor | None = None):
+        h, e_mean, e_log_var = self.energies(z, cond)
+        hit_logits, share_params = self.cells(h, energies)
+        return e_mean, e_log_var, hit_logits, share_params
 
 
 #: Bounds of the log-scale of a cell's log-fraction: 1e-3 (a cell fixed by z) to e^2 (a factor of 7).
