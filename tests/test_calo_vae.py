@@ -243,7 +243,6 @@ def test_lognormal_sharing_fluctuates_around_the_shape_and_keeps_the_layer_energ
     assert torch.equal(softmax[0], softmax[1])
 
 
-
 def test_lognormal_sharing_draws_each_log_fraction_around_its_mean_with_its_scale():
     """The renormalisation leaves log-fraction differences alone: u_0 - u_1 of the drawn fractions
     has mean mean_0 - mean_1 and variance scale_0^2 + scale_1^2."""
@@ -254,6 +253,7 @@ def test_lognormal_sharing_draws_each_log_fraction_around_its_mean_with_its_scal
     diff = torch.log(shares[:, 0]) - torch.log(shares[:, 1])
     assert abs(float(diff.mean()) - 1.5) < 0.01
     assert abs(float(diff.var()) / 0.2 - 1) < 0.03
+
 
 def test_flow_latent_density_matches_the_codes_better_than_the_prior():
     """With a small KL weight the encoder's codes are far from N(0, I); the flow fitted to them
