@@ -822,7 +822,10 @@ def compare_generation(cfg: dict, tensors: dict[str, torch.Tensor], repeats: int
     models = {
         "config": Models(CaloVAE, cfg["model_args"], tensors, seed).new(),
         "softmax sharing, N(0, I) latent": Models(
-            CaloVAE, {**cfg["model_args"], "sharing": "softmax", "latent_density": "normal"}, tensors, seed
+            CaloVAE,
+            {**cfg["model_args"], "sharing": "softmax", "sharing_components": 1, "latent_density": "normal"},
+            tensors,
+            seed,
         ).new(),
     }
     times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in PROTOCOL_CALLS} for name in models}
@@ -864,16 +867,21 @@ def _median_time(fn, repeats: int) -> float:
 def print_generation_bound(name: str, model: CaloVAE, repeats: int) -> None:
     """The least time 10,000 showers can take with this model on this machine: its linear layers run
     alone at batch 10,000 (each timed on its own input shape) plus the random numbers it draws per
-    cell (one uniform for the hit, and for log-normal sharing one normal), with no other work."""
+    cell (one uniform for the hit, for log-normal sharing one normal, for a mixture one more uniform),
+    with no other work."""
     linears = generation_linears(model)
     macs = sum(m.in_features * m.out_features for m in linears)
     t_linear = sum(_median_time(lambda m=m, x=torch.randn(GEN_BATCH, m.in_features): m(x), repeats) for m in linears)
-    cells = GEN_BATCH * sum(math.prod(shape) for shape in model.layer_shapes.values())
+    layer_cells = [GEN_BATCH * math.prod(shape) for shape in model.layer_shapes.values()]
     gen = torch.Generator().manual_seed(0)
-    buffer = torch.empty(cells)
+    # torch's CPU generator is serial: each random number per cell costs a pass that no thread shares
+    uniforms = sum(n * (1 + (k > 1)) for n, k in zip(layer_cells, model.sharing_components))
+    normals = sum(n for n, p in zip(layer_cells, model.share_params) if p > 1)
+    buffer = torch.empty(uniforms)
     t_random = _median_time(lambda: buffer.uniform_(generator=gen), repeats)
-    if model.share_params == 2:
-        t_random += _median_time(lambda: buffer.normal_(generator=gen), repeats)
+    if normals:
+        buffer_normal = torch.empty(normals)
+        t_random += _median_time(lambda: buffer_normal.normal_(generator=gen), repeats)
     bound = GEN_BATCH / (t_linear + t_random)
     print(f"  bound, {name}: {macs:,} multiply-adds per shower, linear layers {t_linear * 1e3:.1f} ms "
           f"({2 * macs * GEN_BATCH / t_linear / 1e9:.0f} GFLOP/s) + random numbers {t_random * 1e3:.1f} ms "

@@ -282,6 +282,19 @@ def test_cli_unknown_model_option_is_named(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "runs").exists(), "a bad option must fail before a run directory is created"
 
 
+def test_cli_sharing_components_not_one_per_layer_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HEPGEN_DEBUG", raising=False)
+    config = tiny_yaml(tmp_path)
+    args = ["fit", "-c", str(config), "--model.init_args.sharing", "lognormal",
+            "--model.init_args.sharing_components", "[2, 1]", "--run.root", str(tmp_path / "runs")]  # fmt: skip
+    err = run_cli_expecting_exit(args, capsys, monkeypatch)
+    assert err.strip().splitlines() == [
+        "hepgen: error: model sharing_components=[2, 1]: give one number, or one per layer "
+        "(3: layer_0, layer_1, layer_2)."
+    ], err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_cli_unknown_top_level_yaml_key_is_named(tmp_path, capsys, monkeypatch):
     config = tiny_yaml(tmp_path, extra="trainerr:\n  max_epochs: 2\n")
     err = run_cli_expecting_exit(["fit", "-c", str(config), "--run.root", str(tmp_path / "runs")], capsys, monkeypatch)

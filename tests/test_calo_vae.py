@@ -358,6 +358,93 @@ def test_lognormal_sharing_nll_is_the_gaussian_density_of_the_hit_cells_log_frac
     torch.testing.assert_close(got, expected)
 
 
+def _shift_integral_nll(log_density, sharing: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+    """-log of the integral over the shift c of prod_i p_i(log s_i + c) on a fine grid, (B,), float64;
+    ``log_density(u)`` gives each cell's log-density (C, B, n) at u (C, B, n)."""
+    c = torch.linspace(-60.0, 60.0, 240_001, dtype=torch.float64)[:, None, None]
+    log_integrand = (log_density(torch.log(sharing.clamp_min(1e-300)) + c) * hit).sum(-1)
+    return -(torch.logsumexp(log_integrand, 0) + math.log(float(c[1] - c[0])))
+
+
+def _random_sharing(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fractions (5, 6), float64, of random cells: rows 0-2 with several hit cells, 3 with one, 4 none."""
+    x = torch.rand(5, 6, generator=gen, dtype=torch.float64)
+    x = x * (torch.rand(5, 6, generator=gen, dtype=torch.float64) > 0.3)
+    x[0, :2] = 0.5
+    x[3] = torch.tensor([0.0, 0.0, 2.0, 0.0, 0.0, 0.0])
+    x[4] = 0.0
+    assert ((x[:3] > 0).sum(1) > 1).all()
+    return ShowerRepresentation.sharing_fractions(x), x > 0
+
+
+def test_shift_marginal_sharing_nll_integrates_out_the_normalisation():
+    """The fractions only show differences of the cells' log-energies: -log p is the Gaussian
+    density integrated over the unseen shift (checked on a grid), 0 for one hit cell or none."""
+    from hepgen.nn.shower import shift_marginal_sharing_nll
+
+    gen = torch.Generator().manual_seed(0)
+    sharing, hit = _random_sharing(gen)
+    mean = torch.randn(5, 6, generator=gen, dtype=torch.float64) - 2
+    log_scale = 0.3 * torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    gaussian = torch.distributions.Normal(mean, log_scale.exp())
+    expected = _shift_integral_nll(gaussian.log_prob, sharing, hit)
+    got = shift_marginal_sharing_nll(torch.cat([mean, log_scale], 1), sharing, hit)
+    torch.testing.assert_close(got[:4], expected[:4], rtol=0, atol=1e-6)  # the grid integral of no cell is 120
+    assert got[3] == 0 and got[4] == 0
+
+
+def test_shift_marginal_mixture_nll_is_the_mixture_density_with_the_shift_integrated_out():
+    """Laplace's method over the shift: within 0.3 nats of the integral on a grid for a shower-like
+    mixture (exact for one Gaussian per cell; a mixture can make the integrand multimodal)."""
+    from hepgen.nn.shower import shift_marginal_sharing_nll
+
+    gen = torch.Generator().manual_seed(1)
+    sharing, hit = _random_sharing(gen)
+    batch, components, cells = 5, 2, 6
+    # a soft component (log-energy about -5) and a bright one (about -1), as in a shower's cells
+    logits, mean, log_scale = torch.randn(3, batch, components, cells, generator=gen, dtype=torch.float64)
+    mean = 0.3 * mean + torch.tensor([-5.0, -1.0], dtype=torch.float64)[:, None]
+    log_scale = 0.2 * log_scale + math.log(0.4)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits.transpose(1, 2)),
+        torch.distributions.Normal(mean.transpose(1, 2), log_scale.exp().transpose(1, 2)),
+    )
+    expected = _shift_integral_nll(mixture.log_prob, sharing, hit)
+    params = torch.cat([logits.flatten(1), mean.flatten(1), log_scale.flatten(1)], 1)
+    got = shift_marginal_sharing_nll(params, sharing, hit, components)
+    assert (got[:4] - expected[:4]).abs().max() < 0.3
+    assert got[3] == 0 and got[4] == 0
+
+
+def test_shift_marginal_sharing_fitted_to_its_own_draws_recovers_the_cell_noise():
+    """Maximum likelihood on fractions drawn by sample_sharing gives back the per-cell scale (0.3
+    in every cell). Scoring the log-fractions as if they were the log-energies does not: the
+    normalisation's spread from shower to shower is counted as noise of the faint cells."""
+    from hepgen.nn.shower import lognormal_sharing_nll, shift_marginal_sharing_nll
+
+    n_events, cells = 4000, 12
+    true = torch.cat([torch.linspace(-4.0, 0.0, cells), torch.full((cells,), math.log(0.3))])[None]
+    hits = torch.ones(n_events, cells, dtype=torch.bool)
+    sharing = sample_sharing(true.expand(n_events, -1), hits, 2, torch.Generator().manual_seed(0))
+
+    def fit(nll) -> tuple[torch.Tensor, torch.Tensor]:
+        params = torch.nn.Parameter(torch.zeros(1, 2 * cells))
+        optimizer = torch.optim.Adam([params], lr=0.05)
+        for _ in range(600):
+            loss = nll(params.expand(n_events, -1), sharing, hits).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        mean, log_scale = params.detach()[0].chunk(2)
+        return mean - mean[-1], log_scale.exp()
+
+    mean, scale = fit(shift_marginal_sharing_nll)
+    torch.testing.assert_close(scale, torch.full((cells,), 0.3), rtol=0.05, atol=0)
+    torch.testing.assert_close(mean, true[0, :cells], rtol=0, atol=0.03)
+    _, scale_fixed = fit(lognormal_sharing_nll)
+    assert scale_fixed[-1] < 0.25 < 0.3 < scale_fixed[0]  # the brightest cell too steady, the faintest too noisy
+
+
 def _energy_hits_correlation(layer: np.ndarray, energy_gev: np.ndarray) -> float:
     """Correlation of a layer's log energy and its number of hit cells at fixed E_inc: both
     residuals of a linear fit in log E_inc. ``layer`` (N, cells) MeV, ``energy_gev`` (N,)."""
@@ -393,3 +480,142 @@ def test_cells_drawn_given_the_layer_energies_follow_them():
     assert real > 0.3
     side_by_side, given = generated_correlation(False), generated_correlation(True)
     assert side_by_side < 0.1 < 0.25 * real < given
+
+
+def test_lognormal_mixture_sharing_nll_is_the_mixture_density_of_the_hit_cells_log_fractions():
+    from hepgen.nn.shower import lognormal_mixture_sharing_nll
+
+    gen = torch.Generator().manual_seed(0)
+    batch, cells, components = 5, 6, 3
+    x = torch.rand(batch, cells, generator=gen) * (torch.rand(batch, cells, generator=gen) > 0.4)
+    sharing, hit = ShowerRepresentation.sharing_fractions(x), x > 0
+    logits, mean, log_scale = torch.randn(3, batch, components, cells, generator=gen)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits.transpose(1, 2)),
+        torch.distributions.Normal((mean - 2).transpose(1, 2), (0.3 * log_scale).exp().transpose(1, 2)),
+    )
+    expected = -(mixture.log_prob(torch.log(sharing.clamp_min(1e-30))) * hit).sum(1)
+    params = torch.cat([logits.flatten(1), (mean - 2).flatten(1), (0.3 * log_scale).flatten(1)], 1)
+    torch.testing.assert_close(lognormal_mixture_sharing_nll(params, sharing, hit), expected)
+
+
+def test_lognormal_mixture_sharing_draws_each_component_with_its_weight():
+    """Cell 0 is soft (log-fraction -6) with weight 0.7 or bright (-1) with weight 0.3, cell 1 fixed
+    at -2: the renormalisation keeps u_0 - u_1, so its two values come in those proportions, each
+    with the spread of its component."""
+    n, components = 40_000, 2
+    logits = torch.log(torch.tensor([[0.7, 0.5], [0.3, 0.5]]))  # (component, cell)
+    mean = torch.tensor([[-6.0, -2.0], [-1.0, -2.0]])
+    log_scale = torch.log(torch.tensor([[0.1, 0.001], [0.2, 0.001]]))
+    params = torch.cat([logits.flatten(), mean.flatten(), log_scale.flatten()])[None].expand(n, -1)
+    shares = sample_sharing(params, torch.ones(n, 2, dtype=torch.bool), 3 * components,
+                            torch.Generator().manual_seed(0), components)  # fmt: skip
+    diff = torch.log(shares[:, 0]) - torch.log(shares[:, 1])
+    soft = diff < -1.5
+    assert abs(float(soft.float().mean()) - 0.7) < 0.01
+    assert abs(float(diff[soft].mean()) + 4.0) < 0.01 and abs(float(diff[~soft].mean()) - 1.0) < 0.01
+    assert abs(float(diff[soft].std()) / 0.1 - 1) < 0.03 and abs(float(diff[~soft].std()) / 0.2 - 1) < 0.03
+
+
+def test_shift_marginal_mixture_learns_soft_and_bright_cells():
+    """Known truth: each of 30 cells holds soft photons (log-energy N(-5, 0.5), 90 %) or a shower
+    particle (N(-1, 0.3), 10 %). Fitted by maximum likelihood with the shift integrated out, a
+    mixture of two Gaussians per cell finds those weights and spreads, and its draws give the layer's E_ratio (the two brightest
+    cells); one Gaussian per cell cannot."""
+    from hepgen.metrics import ks_statistic
+    from hepgen.nn.shower import shift_marginal_sharing_nll
+    from hepgen.physics.calo_observables import brightest_cell_ratio
+
+    gen = torch.Generator().manual_seed(0)
+    n_events, cells = 2000, 30
+    bright = torch.rand(n_events, cells, generator=gen) < 0.1
+    log_energy = torch.where(bright, -1.0 + 0.3 * torch.randn(n_events, cells, generator=gen),
+                             -5.0 + 0.5 * torch.randn(n_events, cells, generator=gen))  # fmt: skip
+    sharing, hits = torch.softmax(log_energy, 1), torch.ones(n_events, cells, dtype=torch.bool)
+    real_ratio = brightest_cell_ratio(sharing[:, None].numpy())
+
+    def fit(components: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        per_cell = 2 if components == 1 else 3 * components
+        params = torch.nn.Parameter(0.1 * torch.randn(1, per_cell * cells))
+        optimizer = torch.optim.Adam([params], lr=0.1)
+        for _ in range(250):
+            loss = shift_marginal_sharing_nll(params.expand(n_events, -1), sharing, hits, components).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return params.detach().expand(n_events, -1)
+
+    def ratio_ks(params: torch.Tensor, components: int) -> float:
+        drawn = sample_sharing(params, hits, params.shape[1] // cells, torch.Generator().manual_seed(1), components)
+        return ks_statistic(real_ratio, brightest_cell_ratio(drawn[:, None].numpy()))
+
+    mixture = fit(2)
+    logits, mean, log_scale = mixture[0].unflatten(0, (3, 2, cells))
+    order = mean.argsort(0)  # soft component first in every cell
+    weight = torch.softmax(logits, 0).gather(0, order)
+    scale = log_scale.exp().gather(0, order)
+    torch.testing.assert_close(weight.mean(1), torch.tensor([0.9, 0.1]), rtol=0, atol=0.02)
+    torch.testing.assert_close(scale.mean(1), torch.tensor([0.5, 0.3]), rtol=0.1, atol=0)
+    assert ratio_ks(mixture, 2) < 0.06 < 0.15 < ratio_ks(fit(1), 1)
+
+
+def test_sharing_components_per_layer_draw_showers_that_keep_each_layer_energy():
+    """A mixture in layers 0 and 2, one Gaussian in layer 1: each layer's cells still add up to the
+    layer energy drawn for it (the same draws with the cells zeroed give that energy)."""
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16, sharing="lognormal", sharing_components=[2, 1, 2])
+    assert model.share_params == [6, 2, 6]
+    showers = simulate_showers(300, seed=4)
+    model.representation.fit([torch.from_numpy(showers[k]).flatten(1) for k in LAYER_KEYS],
+                             torch.from_numpy(showers["energy"]))  # fmt: skip
+    energy = torch.full((300, 1), 50.0)
+    out = model.generate(energy, generator=torch.Generator().manual_seed(0))
+    assert all((v >= 0).all() and torch.isfinite(v).all() for v in out.values())
+    # the layer energies are the first draws after z: replay them
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn((300, 4), generator=gen)  # latent_density: normal
+    _, e_mean, e_log_var = model.decoder.energies(z, model._condition({"energy": energy}))
+    y = e_mean + torch.exp(0.5 * e_log_var) * torch.randn(e_mean.shape, generator=gen)
+    expected = model.representation.decode_energies(y, energy)
+    hit_any = torch.stack([out[k].flatten(1).sum(1) > 0 for k in LAYER_KEYS], 1)
+    got = torch.stack([out[k].flatten(1).sum(1) for k in LAYER_KEYS], 1)
+    torch.testing.assert_close(got[hit_any], expected[hit_any], rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sharing": "lognormal", "sharing_components": [2, 1]}, "one per layer"),
+        ({"sharing": "lognormal", "sharing_components": 0}, "at least 1"),
+        ({"sharing": "softmax", "sharing_components": 2}, "needs sharing: lognormal"),
+        ({"sharing": "lognormal", "sharing_shift": "exact"}, "choose 'fixed' or 'marginal'"),
+        ({"sharing": "softmax", "sharing_shift": "marginal"}, "marginal needs sharing: lognormal"),
+    ],
+)
+def test_bad_sharing_options_are_named(kwargs, message):
+    from hepgen.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match=message):
+        CaloVAE(latent_dim=4, hidden=32, branch=16, **kwargs)
+
+
+@pytest.mark.parametrize("shift", ["fixed", "marginal"])
+def test_mixture_losses_train_on_showers(shift):
+    """A few steps on made showers with a mixture in layers 0 and 2 lower the sharing term, with
+    finite gradients, for either way of scoring the fractions."""
+    torch.manual_seed(0)
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16, sharing="lognormal", sharing_components=[2, 1, 2],
+                    sharing_shift=shift, kl_schedule="constant", kl_beta_max=0.01)  # fmt: skip
+    showers = {k: torch.from_numpy(v) for k, v in simulate_showers(400, seed=4).items()}
+    model.representation.fit([showers[k].flatten(1) for k in LAYER_KEYS], showers["energy"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    first = float(model.losses(showers, torch.Generator().manual_seed(1))["nll_sharing"])
+    for _ in range(30):
+        terms = model.losses(showers, generator)
+        optimizer.zero_grad()
+        (terms["recon"] + 0.01 * terms["kl_floored"]).backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        optimizer.step()
+    last = float(model.losses(showers, torch.Generator().manual_seed(1))["nll_sharing"])
+    assert math.isfinite(last) and last < first - 100

@@ -7,8 +7,11 @@ log(E_l / E_inc)), a set of hit cells (Bernoulli per cell) and the sharing of th
 among the hit cells, so that energy and sparsity are modelled explicitly (see
 :mod:`hepgen.nn.shower`). The sharing is a softmax of the decoder's logits (``sharing: softmax``:
 each z gives one shape) or log-normal per cell (``lognormal``: the shape fluctuates around it
-from shower to shower, as real showers do). With ``cells_given_energies`` the hit cells and their
-sharing are drawn given the layer energies drawn first. The loss per shower is
+from shower to shower, as real showers do), in chosen layers a mixture of log-normals per cell
+(``sharing_components``: a cell lit by soft photons only or by a shower particle); the fractions are
+scored as the cells' log-energies or with their normalisation integrated out (``sharing_shift``).
+With ``cells_given_energies`` the hit cells and their sharing are drawn given the layer energies
+drawn first. The loss per shower is
 
     L = NLL_energy + BCE_hits + NLL_sharing + beta(step) * sum_d max(KL_d, free_bits)
 
@@ -31,12 +34,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from datamodules.base import global_batch_index
+from hepgen.errors import ConfigValueError
 from hepgen.models.seeding import reseed_for_rank
 from hepgen.models.kl_schedule import KLScheduleName, kl_weight
 from hepgen.nn.flows import ConditionalCouplingFlow
 from hepgen.nn.shower import (
-    LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features, lognormal_sharing_nll,
-    sample_sharing,
+    LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features, lognormal_mixture_sharing_nll,
+    lognormal_sharing_nll, sample_sharing, shift_marginal_sharing_nll,
 )  # fmt: skip
 from hepgen.physics.calo_geometry import LAYER_SHAPES
 
@@ -46,7 +50,25 @@ from hepgen.physics.calo_geometry import LAYER_SHAPES
 CPU_GENERATION_CHUNK = 4096
 
 SharingName = Literal["softmax", "lognormal"]
+SharingShiftName = Literal["fixed", "marginal"]
 LatentDensityName = Literal["normal", "flow"]
+
+
+def _components_per_layer(components: int | list[int], sharing: str, layer_keys: tuple[str, ...]) -> list[int]:
+    """``sharing_components`` as one count per layer, checked against the layers and the sharing."""
+    counts = [components] * len(layer_keys) if isinstance(components, int) else list(components)
+    if len(counts) != len(layer_keys):
+        raise ConfigValueError(
+            f"model sharing_components={components}: give one number, or one per layer "
+            f"({len(layer_keys)}: {', '.join(layer_keys)})."
+        )
+    if any(k < 1 for k in counts):
+        raise ConfigValueError(f"model sharing_components={components}: each layer needs at least 1 Gaussian per cell.")
+    if sharing == "softmax" and any(k != 1 for k in counts):
+        raise ConfigValueError(
+            f"model sharing_components={components} needs sharing: lognormal (a softmax has no per-cell noise)."
+        )
+    return counts
 
 
 class CaloVAE(LightningModule):
@@ -65,6 +87,13 @@ class CaloVAE(LightningModule):
         kl_cycles: number of cycles of the ``cyclical`` schedule.
         free_bits: KL floor per latent dimension in nats (0 = off); keeps codes from collapsing.
         sharing: how a layer's energy is shared among its hit cells: ``softmax`` or ``lognormal``.
+        sharing_components: for ``lognormal``, the Gaussians of each cell's log-fraction: one
+            number for every layer or one per layer, in layer order (1: one Gaussian; more: a
+            mixture, for layers whose cells hold either soft photons or a shower particle).
+        sharing_shift: how ``lognormal`` scores the fractions: ``fixed`` takes log s as the cells'
+            log-energies; ``marginal`` integrates out the normalisation that hides their common
+            shift, the density of the drawn sharing (exact for one Gaussian per cell, by Laplace's
+            method for a mixture: :func:`shift_marginal_sharing_nll`).
         latent_density: what generation draws z from: ``normal`` (the prior) or ``flow``.
         flow_transforms, flow_hidden: coupling layers and their width for ``latent_density: flow``.
         cells_given_energies: draw the layer energies first and each layer's cells given them
@@ -89,6 +118,8 @@ class CaloVAE(LightningModule):
         kl_cycles: int = 4,
         free_bits: float = 0.0,
         sharing: SharingName = "softmax",
+        sharing_components: int | list[int] = 1,
+        sharing_shift: SharingShiftName = "fixed",
         latent_density: LatentDensityName = "normal",
         flow_transforms: int = 6,
         flow_hidden: int = 64,
@@ -100,6 +131,12 @@ class CaloVAE(LightningModule):
         super().__init__()
         if sharing not in ("softmax", "lognormal"):
             raise ValueError(f"sharing={sharing!r}: choose 'softmax' or 'lognormal'.")
+        if sharing_shift not in ("fixed", "marginal"):
+            raise ConfigValueError(f"model sharing_shift={sharing_shift!r}: choose 'fixed' or 'marginal'.")
+        if sharing_shift == "marginal" and sharing == "softmax":
+            raise ConfigValueError(
+                "model sharing_shift: marginal needs sharing: lognormal (a softmax has no shift to integrate)."
+            )
         if latent_density not in ("normal", "flow"):
             raise ValueError(f"latent_density={latent_density!r}: choose 'normal' or 'flow'.")
         self.save_hyperparameters()
@@ -110,7 +147,8 @@ class CaloVAE(LightningModule):
         self.layer_keys = tuple(self.layer_shapes)
         cells = [math.prod(shape) for shape in self.layer_shapes.values()]
         cond_dim = 1 + (num_particles if num_particles > 1 else 0)
-        self.share_params = 2 if sharing == "lognormal" else 1
+        self.sharing_components = _components_per_layer(sharing_components, sharing, self.layer_keys)
+        self.share_params = [1 if sharing == "softmax" else 2 if k == 1 else 3 * k for k in self.sharing_components]
         self.representation = ShowerRepresentation(cells)
         self.encoder = LayerwiseEncoder(cells, cond_dim, latent_dim, hidden, branch)
         self.decoder = LayerwiseDecoder(
@@ -174,13 +212,16 @@ class CaloVAE(LightningModule):
             for hl, x in zip(hit_logits, cells)
         )
         # Sharing among the cells that are really hit; empty layers contribute 0.
-        if self.share_params == 1:  # a categorical: the cross-entropy of the fractions
+        if self.hparams.sharing == "softmax":  # a categorical: the cross-entropy of the fractions
             nll_sharing = sum(
                 -(s * torch.log_softmax(sl.masked_fill(x <= 0, -1e4), 1)).sum(1)
                 for sl, s, x in zip(share_params, sharing, cells)
             )
         else:
-            nll_sharing = sum(lognormal_sharing_nll(sp, s, x > 0) for sp, s, x in zip(share_params, sharing, cells))
+            nll_sharing = sum(
+                self._sharing_nll(sp, s, x > 0, k)
+                for sp, s, x, k in zip(share_params, sharing, cells, self.sharing_components)
+            )
         kl_per_dim = 0.5 * (mean**2 + log_var.exp() - 1.0 - log_var)  # (B, latent_dim)
         kl_floored = kl_per_dim.mean(0).clamp_min(self.hparams.free_bits).sum()
         recon = (nll_energy + bce_hits + nll_sharing).mean()
@@ -200,6 +241,15 @@ class CaloVAE(LightningModule):
             if self.training:
                 self._widen_code_support(z.detach())
         return terms
+
+    def _sharing_nll(self, params: torch.Tensor, sharing: torch.Tensor, hit: torch.Tensor, components: int):
+        """-log p (B,) of one layer's log-normal sharing (see ``sharing_shift``): ``params``
+        (B, share_params * n), ``sharing`` (B, n) fractions, ``hit`` (B, n) bool."""
+        if self.hparams.sharing_shift == "marginal":
+            return shift_marginal_sharing_nll(params, sharing, hit, components)
+        if components == 1:
+            return lognormal_sharing_nll(params, sharing, hit)
+        return lognormal_mixture_sharing_nll(params, sharing, hit)
 
     def _widen_code_support(self, z: torch.Tensor) -> None:
         """Let the flow know the range of the codes (B, latent_dim) of this step, on all ranks."""
@@ -277,7 +327,9 @@ class CaloVAE(LightningModule):
         showers = {}
         for i, (key, shape) in enumerate(self.layer_shapes.items()):
             hits = torch.rand(hit_logits[i].shape, generator=generator, device=self.device) < torch.sigmoid(hit_logits[i])
-            share = sample_sharing(share_params[i], hits, self.share_params, generator)
+            share = sample_sharing(
+                share_params[i], hits, self.share_params[i], generator, self.sharing_components[i]
+            )
             showers[key] = (share * layer_energy[:, i : i + 1]).reshape(-1, *shape)
         return showers
 

@@ -20,6 +20,8 @@ from torch import nn
 
 from hepgen.nn.mlp import mlp
 
+#: log(2 pi), in every Gaussian log-density.
+LOG_2PI = math.log(2 * math.pi)
 #: Floor added to E_l / E_inc before the log: layers with no energy sit at log(1e-6), far below data.
 LOG_FRACTION_EPS = 1e-6
 #: Largest layer energy over incident energy that decoding returns (physically at most ~1).
@@ -117,7 +119,9 @@ class LayerwiseDecoder(nn.Module):
 
     Output: energy mean and log-variance (B, L) each, and per layer the hit logits (B, n_l) and
     the sharing parameters (B, share_params * n_l): per cell, a softmax logit (``share_params``
-    1) or the mean and log-scale of its log-fraction (2, see :func:`lognormal_sharing_nll`).
+    1), the mean and log-scale of its log-fraction (2, see :func:`lognormal_sharing_nll`) or the
+    weights, means and log-scales of a mixture (3 K, :func:`lognormal_mixture_sharing_nll`);
+    ``share_params`` is one number for all layers or one per layer.
 
     With ``given_energies`` the layer branches also see the standardised layer energies (B, L):
     the cells are drawn for the layer energies drawn first, p(E | z) p(cells | z, E), as the two
@@ -132,18 +136,20 @@ class LayerwiseDecoder(nn.Module):
         latent_dim: int,
         hidden: int,
         branch: int,
-        share_params: int = 1,
+        share_params: int | list[int] = 1,
         given_energies: bool = False,
     ) -> None:
         super().__init__()
         self.layer_cells = list(layer_cells)
-        self.share_params = share_params
+        self.share_params = [share_params] * len(layer_cells) if isinstance(share_params, int) else list(share_params)
         self.given_energies = given_energies
         n_layers = len(layer_cells)
         self.trunk = mlp([latent_dim + cond_dim, hidden, hidden], final_activation=True)
         self.energy_head = nn.Linear(hidden, 2 * n_layers)
         branch_in = hidden + (n_layers if given_energies else 0)
-        self.branches = nn.ModuleList(mlp([branch_in, branch, (1 + share_params) * n]) for n in layer_cells)
+        self.branches = nn.ModuleList(
+            mlp([branch_in, branch, (1 + p) * n]) for n, p in zip(layer_cells, self.share_params)
+        )
 
     def energies(self, z: torch.Tensor, cond: torch.Tensor):
         """The trunk's features h (B, hidden) and the layer energies' mean and log-variance (B, L)."""
@@ -158,7 +164,9 @@ class LayerwiseDecoder(nn.Module):
             if energies is None:
                 raise ValueError("this decoder draws the cells given the layer energies: pass energies (B, L).")
             h = torch.cat([h, energies], dim=1)
-        heads = [b(h).split([n, self.share_params * n], dim=1) for b, n in zip(self.branches, self.layer_cells)]
+        heads = [
+            b(h).split([n, p * n], dim=1) for b, n, p in zip(self.branches, self.layer_cells, self.share_params)
+        ]
         return [hl for hl, _ in heads], [sp for _, sp in heads]
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor, energies: torch.Tensor | None = None):
@@ -169,6 +177,8 @@ class LayerwiseDecoder(nn.Module):
 
 #: Bounds of the log-scale of a cell's log-fraction: 1e-3 (a cell fixed by z) to e^2 (a factor of 7).
 LOG_SCALE_RANGE = (-7.0, 2.0)
+#: EM steps that find the normalisation shift of a mixture sharing (one Gaussian per cell needs none).
+SHIFT_EM_STEPS = 5
 
 
 def lognormal_sharing_nll(params: torch.Tensor, sharing: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
@@ -191,16 +201,151 @@ def lognormal_sharing_nll(params: torch.Tensor, sharing: torch.Tensor, hit: torc
     return (nll * hit).sum(1)
 
 
+def lognormal_mixture_sharing_nll(params: torch.Tensor, sharing: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+    """-log p of the hit cells' fractions of their layer energy, (B,), nats, for a mixture per cell.
+
+    Each hit cell's log-fraction is drawn from a mixture of K Gaussians with weights, means and
+    log-scales from ``params`` (B, 3 K n): a cell of a real shower is either reached only by soft
+    photons (a deposit of a fraction of an MeV, whatever the layer holds) or by one of the shower's
+    few energetic particles (a large share of the layer). One Gaussian in log-fraction spreads
+    over both and makes every cell a little of each; a mixture keeps the two apart, so a layer
+    whose energy one particle brought has one bright cell, as in the data. Like
+    :func:`lognormal_sharing_nll` it scores log s as the cells' log-energies
+    (:func:`shift_marginal_sharing_nll` integrates their common shift out).
+
+    Args:
+        params: (B, 3 K n): the K weight logits of every cell, then the K means, then the K
+            log-scales; within each block component k of cell i at k * n + i.
+        sharing: (B, n) fractions of the layer energy.
+        hit: (B, n) bool, the cells with energy.
+    """
+    n = sharing.shape[1]
+    logits, mean, log_scale = params.unflatten(1, (3, -1, n)).unbind(1)  # each (B, K, n)
+    log_scale = log_scale.clamp(*LOG_SCALE_RANGE)
+    u = torch.log(sharing.clamp_min(1e-30)).unsqueeze(1)
+    log_density = -0.5 * ((u - mean) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI
+    nll = -torch.logsumexp(torch.log_softmax(logits, dim=1) + log_density, dim=1)
+    return (nll * hit).sum(1)
+
+
+def shift_marginal_sharing_nll(
+    params: torch.Tensor, sharing: torch.Tensor, hit: torch.Tensor, components: int = 1
+) -> torch.Tensor:
+    """-log p of the hit cells' fractions (B,), nats: the density of what :func:`sample_sharing`
+    draws (exact for one Gaussian per cell, by Laplace's method for a mixture), with ``params`` as
+    :func:`lognormal_sharing_nll` (B, 2 n) or as :func:`lognormal_mixture_sharing_nll` (B, 3 K n)
+    for ``components`` K.
+
+    The fractions only show differences of the cells' log-energies u (u = log s + c for any c), so
+    the shift c is integrated out (:func:`_shift_marginal_nll`). The two functions above score
+    log s as if it were u: they count the shower-to-shower spread of the normalisation as per-cell
+    noise, and fitted to fractions drawn from known parameters they return faint cells too noisy and
+    bright ones too steady. A layer with fewer than two hit cells scores 0 here.
+    """
+    if components == 1:
+        mean, log_scale = (p.unsqueeze(1) for p in params.chunk(2, dim=1))  # (B, 1, n)
+        log_weights = torch.zeros_like(mean)
+    else:
+        logits, mean, log_scale = params.unflatten(1, (3, components, sharing.shape[1])).unbind(1)  # (B, K, n)
+        log_weights = torch.log_softmax(logits, dim=1)
+    steps = 0 if components == 1 else SHIFT_EM_STEPS
+    return _shift_marginal_nll(log_weights, mean, log_scale.clamp(*LOG_SCALE_RANGE), sharing, hit, steps)
+
+
+def _shift_marginal_nll(
+    log_weights: torch.Tensor,
+    mean: torch.Tensor,
+    log_scale: torch.Tensor,
+    sharing: torch.Tensor,
+    hit: torch.Tensor,
+    em_steps: int,
+) -> torch.Tensor:
+    """-log p (B,) of fractions s = softmax(u) (B, n), each u_i from a mixture with log-weights,
+    means and log-scales (B, K, n), the unseen shift c in u = log s + c integrated out.
+
+    Laplace's method: f(c) = sum_i log m_i(log s_i + c) is maximised by EM (each step the
+    responsibility- and precision-weighted mean of mu - log s) and
+
+        -log p = -f(c*) + 1/2 log(-f''(c*) / 2 pi)
+
+    (up to the Jacobian prod 1/s_i, free of parameters). For one Gaussian per cell f is quadratic
+    and the start, c* = sum w (mu - log s) / sum w with w = 1/sigma^2, is exact:
+    -log p = 1/2 sum w (mu - log s - c*)^2 + sum log sigma + (n - 1)/2 log 2 pi + 1/2 log sum w.
+    c* is not differentiated: at a maximum f'(c*) = 0, so the gradient of f(c*) is exact; that of
+    the curvature term leaves out its dependence through c* (exact for one Gaussian per cell).
+    """
+    hit = hit.to(mean.dtype)
+    log_s = torch.log(sharing.clamp_min(1e-30)).unsqueeze(1)  # (B, 1, n)
+    precision = torch.exp(-2.0 * log_scale)
+
+    def log_terms(c: torch.Tensor) -> torch.Tensor:  # log w_k + log N(log s + c; mu_k, sigma_k): (B, K, n)
+        return log_weights - 0.5 * precision * (log_s + c.view(-1, 1, 1) - mean) ** 2 - log_scale - 0.5 * LOG_2PI
+
+    with torch.no_grad():
+        # start: the shift for one Gaussian per cell with the mixture's mean and variance
+        weights = log_weights.exp()
+        cell_mean = (weights * mean).sum(1, keepdim=True)
+        cell_var = (weights * (precision.reciprocal() + (mean - cell_mean) ** 2)).sum(1, keepdim=True)
+        inverse_var = hit.unsqueeze(1) / cell_var
+        c = (inverse_var * (cell_mean - log_s)).sum((1, 2)) / inverse_var.sum((1, 2)).clamp_min(1e-30)
+        for _ in range(em_steps):
+            em_weight = torch.softmax(log_terms(c), dim=1) * precision * hit.unsqueeze(1)
+            c = (em_weight * (mean - log_s)).sum((1, 2)) / em_weight.sum((1, 2)).clamp_min(1e-30)
+    terms = log_terms(c)
+    f = (torch.logsumexp(terms, dim=1) * hit).sum(1)
+    # -f''(c) = sum_i [E_r(w) - Var_r(score)] over each cell's responsibilities r, with the score
+    # w (mu - log s - c) of each component; the centred variance keeps float32 from cancelling
+    # two terms of up to e^14 each when a component is narrow
+    r = torch.softmax(terms, dim=1)
+    score = precision * (mean - log_s - c.view(-1, 1, 1))
+    score_var = (r * (score - (r * score).sum(1, keepdim=True)) ** 2).sum(1)
+    em_curvature = ((r * precision).sum(1) * hit).sum(1)
+    curvature = (((r * precision).sum(1) - score_var) * hit).sum(1)
+    # after a few EM steps a broad, overlapping mixture may not sit at a maximum yet (f'' >= 0 there);
+    # a floor at a thousandth of the always-positive EM term caps the spurious gain at 3.5 nats
+    curvature = torch.maximum(curvature, 1e-3 * em_curvature)
+    nll = -f + 0.5 * torch.log(curvature.clamp_min(1e-30)) - 0.5 * LOG_2PI
+    # one hit cell holds the whole layer whatever the parameters (Laplace's method would miss the
+    # other components' mass there); an empty layer has nothing to share
+    return torch.where(hit.sum(1) > 1, nll, torch.zeros_like(nll))
+
+
+def _mixture_log_fractions(params: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Log-energies u (B, n) drawn from each cell's mixture, ``params`` (B, 3 K n) as in
+    :func:`lognormal_mixture_sharing_nll`: a component by the inverse of its cumulative weights (one
+    uniform per cell), then a Gaussian draw from it."""
+    logits, mean, log_scale = params.unflatten(1, (3, -1, n)).unbind(1)  # each (B, K, n)
+    cumulative = torch.softmax(logits, dim=1).cumsum(dim=1)
+    uniform = torch.rand(cumulative[:, 0].shape, generator=generator, device=params.device, dtype=params.dtype)
+    # the last cumulative weight is 1 up to rounding: clamp so a uniform above it picks the last one
+    component = (uniform.unsqueeze(1) > cumulative).sum(1, keepdim=True).clamp_max(logits.shape[1] - 1)
+    mean = mean.gather(1, component).squeeze(1)
+    scale = log_scale.gather(1, component).squeeze(1).clamp(*LOG_SCALE_RANGE).exp_()
+    noise = torch.randn(mean.shape, generator=generator, device=params.device, dtype=params.dtype)
+    return noise.mul_(scale).add_(mean)
+
+
 def sample_sharing(
-    params: torch.Tensor, hits: torch.Tensor, share_params: int, generator: torch.Generator | None = None
+    params: torch.Tensor,
+    hits: torch.Tensor,
+    share_params: int,
+    generator: torch.Generator | None = None,
+    components: int = 1,
 ) -> torch.Tensor:
     """Fractions (B, n) of the layer energy in each cell: 0 outside ``hits``, summing to 1 over them.
 
     With one parameter per cell they are the softmax of the logits over the hit cells; with two,
     each hit cell's log-fraction is drawn from its Gaussian and the fractions are renormalised to
-    sum to 1 (a logistic-normal sharing), so the layer keeps exactly its sampled energy.
+    sum to 1 (a logistic-normal sharing), so the layer keeps exactly its sampled energy; with
+    ``3 * components`` (``components`` > 1) from its mixture of Gaussians
+    (:func:`lognormal_mixture_sharing_nll`), renormalised the same way. ``params`` is
+    (B, share_params * n); ``hits`` (B, n) bool.
     """
-    if share_params == 2:
+    if components > 1:
+        if share_params != 3 * components:
+            raise ValueError(f"a mixture of {components} takes {3 * components} values per cell, not {share_params}.")
+        params = _mixture_log_fractions(params, hits.shape[1], generator)
+    elif share_params == 2:
         mean, log_scale = params.chunk(2, dim=1)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         # in place: at batch 10,000 a layer's tensor is 10 MB, and each copy is another pass over memory
