@@ -17,14 +17,17 @@ from hepgen.physics.calo_observables import OBSERVABLE_NAMES, compute_observable
 from hepgen.plotting import histogram_overlays, mean_shower_images, response_vs_energy
 
 
-def classifier_features(showers: dict[str, np.ndarray], energy_gev: np.ndarray) -> np.ndarray:
-    """Voxels normalised by the incident energy, log-scaled, plus log10 E_inc: (N, 505).
+def classifier_features(
+    showers: dict[str, np.ndarray], energy_gev: np.ndarray, layers: tuple[str, ...] = LAYER_KEYS
+) -> np.ndarray:
+    """Voxels of ``layers`` normalised by the incident energy, log-scaled, plus log10 E_inc: (N, 505)
+    for all three CaloGAN layers.
 
     Normalising by E_inc removes the trivial scale so that the classifier judges shapes and
     fluctuations; the log scale (1e-6 floor) makes the sparse tails visible to it.
     """
     e_inc_mev = 1000.0 * energy_gev.reshape(-1, 1)
-    voxels = np.concatenate([showers[k].reshape(len(e_inc_mev), -1) for k in LAYER_KEYS], axis=1)
+    voxels = np.concatenate([showers[k].reshape(len(e_inc_mev), -1) for k in layers], axis=1)
     return np.concatenate([np.log10(voxels / e_inc_mev + 1e-6), np.log10(e_inc_mev / 1000.0)], axis=1)
 
 
@@ -38,8 +41,10 @@ class CaloMetrics(PhysicsMetric):
     (``ks/<name>``) and the CaloChallenge separation power (``sep/<name>``); per layer the
     occupancy of reference and model and their difference in percentage points
     (``sparsity_<l>_ref``, ``sparsity_<l>_gen``, ``sparsity_<l>_diff_pp``); the mean response;
-    ``nonfinite_fraction``, the generated showers with a NaN or inf cell. In ``test`` it also trains a real-vs-generated classifier on the voxels and logs its AUC on a
-    held-out split (``classifier_auc``; 0.5 means indistinguishable).
+    ``nonfinite_fraction``, the generated showers with a NaN or inf cell. In ``test`` it also
+    trains a real-vs-generated classifier on the voxels and logs its AUC on a held-out split
+    (``classifier_auc``; 0.5 means indistinguishable), and the same on each layer's voxels alone
+    (``classifier_auc_<layer>``).
 
     Plots: overlaid histograms of all observables, mean shower images per layer, response vs
     incident energy.
@@ -75,11 +80,14 @@ class CaloMetrics(PhysicsMetric):
         values["response_ref"] = ref["response"].mean()
         values["response_gen"] = gen["response"].mean()
         if stage == "test":
-            values["classifier_auc"] = two_sample_auc(
-                classifier_features(reference, reference["energy"]),
-                classifier_features(generated, generated["energy"]),
-                epochs=self.classifier_epochs,
-            )
+            # all layers together (the issue's number), then each layer alone: which one gives a
+            # generated shower away
+            for name, layers in [("classifier_auc", LAYER_KEYS)] + [(f"classifier_auc_{k}", (k,)) for k in LAYER_KEYS]:
+                values[name] = two_sample_auc(
+                    classifier_features(reference, reference["energy"], layers),
+                    classifier_features(generated, generated["energy"], layers),
+                    epochs=self.classifier_epochs,
+                )
         return values
 
     def figures(self, reference, generated, stage):

@@ -248,6 +248,19 @@ def test_calo_metrics_see_a_scaled_response():
     assert values["ks/E_tot"] > 0.1 and values["sparsity_0_diff_pp"] == 0.0
 
 
+def test_calo_metrics_classifier_per_layer_finds_the_layer_that_is_off():
+    """Generated showers: an independent sample of the reference's distribution, except that layer 2
+    stays empty (a generator that never reaches it). The per-layer AUCs point at layer 2 alone."""
+    metric = CaloMetrics(classifier_epochs=10)
+    reference, other = random_showers(600, seed=0), random_showers(600, seed=1)
+    samples = {k: (reference[k], other[k]) for k in LAYER_KEYS}
+    samples["layer_2"] = (reference["layer_2"], torch.zeros_like(other["layer_2"]))
+    samples["energy"] = (reference["energy"], other["energy"])
+    values = metric.compute(*metric.collect(samples), "test")
+    assert values["classifier_auc_layer_2"] > 0.9 and values["classifier_auc"] > 0.9
+    assert abs(values["classifier_auc_layer_0"] - 0.5) < 0.1 and abs(values["classifier_auc_layer_1"] - 0.5) < 0.1
+
+
 # --------------------------------------------------------------------- AIDAPTMetrics
 
 
