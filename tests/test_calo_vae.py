@@ -508,8 +508,8 @@ def test_lognormal_mixture_sharing_draws_each_component_with_its_weight():
     mean = torch.tensor([[-6.0, -2.0], [-1.0, -2.0]])
     log_scale = torch.log(torch.tensor([[0.1, 0.001], [0.2, 0.001]]))
     params = torch.cat([logits.flatten(), mean.flatten(), log_scale.flatten()])[None].expand(n, -1)
-    shares = sample_sharing(params, torch.ones(n, 2, dtype=torch.bool), 3 * components,
-                            torch.Generator().manual_seed(0), components)  # fmt: skip
+    hits = torch.ones(n, 2, dtype=torch.bool)
+    shares = sample_sharing(params, hits, 3 * components, torch.Generator().manual_seed(0))
     diff = torch.log(shares[:, 0]) - torch.log(shares[:, 1])
     soft = diff < -1.5
     assert abs(float(soft.float().mean()) - 0.7) < 0.01
@@ -520,8 +520,8 @@ def test_lognormal_mixture_sharing_draws_each_component_with_its_weight():
 def test_shift_marginal_mixture_learns_soft_and_bright_cells():
     """Known truth: each of 30 cells holds soft photons (log-energy N(-5, 0.5), 90 %) or a shower
     particle (N(-1, 0.3), 10 %). Fitted by maximum likelihood with the shift integrated out, a
-    mixture of two Gaussians per cell finds those weights and spreads, and its draws give the layer's E_ratio (the two brightest
-    cells); one Gaussian per cell cannot."""
+    mixture of two Gaussians per cell finds those weights and spreads, and its draws give the
+    layer's E_ratio (the two brightest cells); one Gaussian per cell cannot."""
     from hepgen.metrics import ks_statistic
     from hepgen.nn.shower import shift_marginal_sharing_nll
     from hepgen.physics.calo_observables import brightest_cell_ratio
@@ -546,8 +546,8 @@ def test_shift_marginal_mixture_learns_soft_and_bright_cells():
             optimizer.step()
         return params.detach().expand(n_events, -1)
 
-    def ratio_ks(params: torch.Tensor, components: int) -> float:
-        drawn = sample_sharing(params, hits, params.shape[1] // cells, torch.Generator().manual_seed(1), components)
+    def ratio_ks(params: torch.Tensor) -> float:
+        drawn = sample_sharing(params, hits, params.shape[1] // cells, torch.Generator().manual_seed(1))
         return ks_statistic(real_ratio, brightest_cell_ratio(drawn[:, None].numpy()))
 
     mixture = fit(2)
@@ -557,7 +557,7 @@ def test_shift_marginal_mixture_learns_soft_and_bright_cells():
     scale = log_scale.exp().gather(0, order)
     torch.testing.assert_close(weight.mean(1), torch.tensor([0.9, 0.1]), rtol=0, atol=0.02)
     torch.testing.assert_close(scale.mean(1), torch.tensor([0.5, 0.3]), rtol=0.1, atol=0)
-    assert ratio_ks(mixture, 2) < 0.06 < 0.15 < ratio_ks(fit(1), 1)
+    assert ratio_ks(mixture) < 0.06 < 0.15 < ratio_ks(fit(1))
 
 
 def test_sharing_components_per_layer_draw_showers_that_keep_each_layer_energy():

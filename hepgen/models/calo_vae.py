@@ -327,9 +327,7 @@ class CaloVAE(LightningModule):
         showers = {}
         for i, (key, shape) in enumerate(self.layer_shapes.items()):
             hits = torch.rand(hit_logits[i].shape, generator=generator, device=self.device) < torch.sigmoid(hit_logits[i])
-            share = sample_sharing(
-                share_params[i], hits, self.share_params[i], generator, self.sharing_components[i]
-            )
+            share = sample_sharing(share_params[i], hits, self.share_params[i], generator)
             showers[key] = (share * layer_energy[:, i : i + 1]).reshape(-1, *shape)
         return showers
 

@@ -197,7 +197,7 @@ def lognormal_sharing_nll(params: torch.Tensor, sharing: torch.Tensor, hit: torc
     mean, log_scale = params.chunk(2, dim=1)
     log_scale = log_scale.clamp(*LOG_SCALE_RANGE)
     u = torch.log(sharing.clamp_min(1e-30))
-    nll = 0.5 * ((u - mean) * torch.exp(-log_scale)) ** 2 + log_scale + 0.5 * math.log(2 * math.pi)
+    nll = 0.5 * ((u - mean) * torch.exp(-log_scale)) ** 2 + log_scale + 0.5 * LOG_2PI
     return (nll * hit).sum(1)
 
 
@@ -330,20 +330,16 @@ def sample_sharing(
     hits: torch.Tensor,
     share_params: int,
     generator: torch.Generator | None = None,
-    components: int = 1,
 ) -> torch.Tensor:
     """Fractions (B, n) of the layer energy in each cell: 0 outside ``hits``, summing to 1 over them.
 
     With one parameter per cell they are the softmax of the logits over the hit cells; with two,
     each hit cell's log-fraction is drawn from its Gaussian and the fractions are renormalised to
     sum to 1 (a logistic-normal sharing), so the layer keeps exactly its sampled energy; with
-    ``3 * components`` (``components`` > 1) from its mixture of Gaussians
-    (:func:`lognormal_mixture_sharing_nll`), renormalised the same way. ``params`` is
-    (B, share_params * n); ``hits`` (B, n) bool.
+    3 K (a mixture of K Gaussians, :func:`lognormal_mixture_sharing_nll`) from its mixture,
+    renormalised the same way. ``params`` is (B, share_params * n); ``hits`` (B, n) bool.
     """
-    if components > 1:
-        if share_params != 3 * components:
-            raise ValueError(f"a mixture of {components} takes {3 * components} values per cell, not {share_params}.")
+    if share_params > 2:
         params = _mixture_log_fractions(params, hits.shape[1], generator)
     elif share_params == 2:
         mean, log_scale = params.chunk(2, dim=1)
