@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -358,6 +359,47 @@ def test_lognormal_sharing_nll_is_the_gaussian_density_of_the_hit_cells_log_frac
     torch.testing.assert_close(got, expected)
 
 
+def _fit_cell_log_scale(clamp) -> float:
+    """The log-scale of two cells' log-fractions (spread about e^-1.3), fitted by Adam through
+    ``clamp`` from a start past the ceiling e^2, where an early step can leave it."""
+    from hepgen.nn.shower import LOG_SCALE_RANGE, lognormal_sharing_nll
+
+    gen = torch.Generator().manual_seed(0)
+    sharing = torch.softmax(math.exp(-1.0) * torch.randn(512, 2, generator=gen), 1)
+    hit = torch.ones(512, 2, dtype=torch.bool)
+    mean = torch.log(sharing).mean(0).expand(512, 2)  # known: only the scale is learnt
+    raw = torch.tensor(3.0, requires_grad=True)
+    optimizer = torch.optim.Adam([raw], lr=0.05)
+    for _ in range(300):
+        params = torch.cat([mean, clamp(raw.expand(512, 2), *LOG_SCALE_RANGE)], 1)
+        optimizer.zero_grad()
+        lognormal_sharing_nll(params, sharing, hit).mean().backward()
+        optimizer.step()
+    return float(raw.detach())
+
+
+def test_a_cell_scale_past_its_ceiling_is_pulled_back_by_the_data():
+    from hepgen.nn.shower import clamp_pulling_back
+
+    # a plain clamp has no gradient past its bound: the scale stays at the ceiling for good
+    assert _fit_cell_log_scale(torch.clamp) == 3.0
+    # the new clamp lets the data pull it back to their spread, well inside the range
+    log_scale = _fit_cell_log_scale(clamp_pulling_back)
+    assert -2.0 < log_scale < -1.0
+
+
+def test_clamp_pulling_back_is_a_clamp_whose_gradient_only_moves_values_towards_the_range():
+    from hepgen.nn.shower import clamp_pulling_back
+
+    x = torch.tensor([-9.0, -9.0, 0.5, 0.5, 4.0, 4.0], requires_grad=True)
+    y = clamp_pulling_back(x, -7.0, 2.0)
+    torch.testing.assert_close(y, x.clamp(-7.0, 2.0))
+    upstream = torch.tensor([-1.0, 1.0, -1.0, 1.0, -1.0, 1.0])
+    (y * upstream).sum().backward()
+    # below the floor a step -grad moves x up only for grad < 0; above the ceiling down only for grad > 0
+    torch.testing.assert_close(x.grad, torch.tensor([-1.0, 0.0, -1.0, 1.0, 0.0, 1.0]))
+
+
 def _shift_integral_nll(log_density, sharing: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
     """-log of the integral over the shift c of prod_i p_i(log s_i + c) on a fine grid, (B,), float64;
     ``log_density(u)`` gives each cell's log-density (C, B, n) at u (C, B, n)."""
@@ -619,3 +661,67 @@ def test_mixture_losses_train_on_showers(shift):
         optimizer.step()
     last = float(model.losses(showers, torch.Generator().manual_seed(1))["nll_sharing"])
     assert math.isfinite(last) and last < first - 100
+
+
+def test_layer_centroids_are_the_energy_weighted_mean_cell_of_each_axis():
+    from hepgen.nn.shower import LayerCentroids
+
+    grid = torch.zeros(3, 3, 4)
+    grid[0, 2, 1] = 5.0  # one hit cell: its own row and column
+    grid[1, 0, 0], grid[1, 2, 3] = 1.0, 3.0  # rows 0 and 2 weighted 1:3, columns 0 and 3
+    centres = LayerCentroids([(3, 4)]).centres([grid.flatten(1)])
+    # an empty layer (row 2) sits at the middle of its grid
+    torch.testing.assert_close(centres, torch.tensor([[2.0, 1.0], [1.5, 2.25], [1.0, 1.5]]))
+
+
+def test_cells_drawn_given_a_centre_put_the_core_there():
+    """A toy layer of 1 x 8 cells whose core (10 units, with 2 in each neighbour) sits in a random
+    column 1-6. With the centres drawn first, the decoder puts the core where the centre it is given
+    says, whatever z carries: centres of columns 2 and 5 give showers centred about 3 columns apart."""
+    gen = torch.Generator().manual_seed(0)
+    n, rows = 2000, torch.arange(2000)
+    column = torch.randint(1, 7, (n,), generator=gen)
+    layer = torch.zeros(n, 1, 8)
+    for offset, energy in ((0, 10.0), (-1, 2.0), (1, 2.0)):
+        layer[rows, 0, column + offset] = energy * (1 + 0.1 * torch.randn(n, generator=gen)).abs()
+    showers = {"energy": torch.full((n, 1), 0.02), "layer_0": layer}
+    torch.manual_seed(0)
+    model = CaloVAE(latent_dim=1, hidden=32, branch=16, sharing="lognormal", kl_schedule="constant",
+                    kl_beta_max=1.0, cells_given_energies=True, cells_given_centroids=["layer_0"],
+                    layer_shapes={"layer_0": [1, 8]}, optimizer=partial(torch.optim.Adam, lr=0.01))  # fmt: skip
+    model.representation.fit([layer.flatten(1)], showers["energy"])
+    model.centroids.fit([layer.flatten(1)])
+    loader = DataLoader(ArrayDictDataset(showers), batch_size=100, shuffle=True, collate_fn=_already_batched)
+    Trainer(max_epochs=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False).fit(model, loader)  # fmt: skip
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        energy = torch.full((1000, 1), 0.02)
+        z, cond = torch.randn(1000, 1, generator=generator), model._condition({"energy": energy})
+        h, summaries, _ = model.decoder.energies(z, cond)
+        centres = []
+        for given_column in (2.0, 5.0):
+            given = summaries.clone()
+            given[:, -1] = (given_column - model.centroids.c_mean[1]) / model.centroids.c_std[1]  # standardised
+            hit_logits, params = model.decoder.cells(h, given)
+            hits = torch.rand(hit_logits[0].shape, generator=generator) < torch.sigmoid(hit_logits[0])
+            sharing = sample_sharing(params[0], hits, model.share_params[0], generator)
+            centres.append(float(model.centroids.centres([sharing])[:, 1].mean()))
+    assert 2.2 < centres[1] - centres[0] < 3.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cells_given_energies": True, "cells_given_centroids": ["layer_9"]}, "'layer_9' is not a layer"),
+        ({"cells_given_energies": True, "cells_given_centroids": ["strip"], "layer_shapes": {"strip": [10]}},
+         "a centre needs a grid"),  # fmt: skip
+        ({"cells_given_centroids": ["layer_1"]}, "needs cells_given_energies: true"),
+    ],
+)
+def test_bad_centroid_options_are_named(kwargs, message):
+    from hepgen.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match=message):
+        CaloVAE(latent_dim=4, hidden=32, branch=16, sharing="lognormal", **kwargs)

@@ -11,9 +11,9 @@ from shower to shower, as real showers do), in chosen layers a mixture of log-no
 (``sharing_components``: a cell lit by soft photons only or by a shower particle); the fractions are
 scored as the cells' log-energies or with their normalisation integrated out (``sharing_shift``).
 With ``cells_given_energies`` the hit cells and their sharing are drawn given the layer energies
-drawn first. The loss per shower is
+drawn first, and with ``cells_given_centroids`` given the chosen layers' centres as well. The loss per shower is
 
-    L = NLL_energy + BCE_hits + NLL_sharing + beta(step) * sum_d max(KL_d, free_bits)
+    L = NLL_energy [+ NLL_centre] + BCE_hits + NLL_sharing + beta(step) * sum_d max(KL_d, free_bits)
 
 with ``beta`` from :func:`hepgen.models.kl_schedule.kl_weight`. ``val/neg_elbo`` is the same
 objective at beta = 1 without free bits; the best checkpoint is chosen by it.
@@ -39,8 +39,8 @@ from hepgen.models.seeding import reseed_for_rank
 from hepgen.models.kl_schedule import KLScheduleName, kl_weight
 from hepgen.nn.flows import ConditionalCouplingFlow
 from hepgen.nn.shower import (
-    LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features, lognormal_mixture_sharing_nll,
-    lognormal_sharing_nll, sample_sharing, shift_marginal_sharing_nll,
+    LayerCentroids, LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features,
+    lognormal_mixture_sharing_nll, lognormal_sharing_nll, sample_sharing, shift_marginal_sharing_nll,
 )  # fmt: skip
 from hepgen.physics.calo_geometry import LAYER_SHAPES
 
@@ -71,6 +71,26 @@ def _components_per_layer(components: int | list[int], sharing: str, layer_keys:
     return counts
 
 
+def _centroid_layers(keys: list[str], shapes: dict[str, tuple[int, ...]], given_energies: bool) -> list[str]:
+    """``cells_given_centroids`` checked against the layers: grids of (rows, columns), drawn for."""
+    for key in keys:
+        if key not in shapes:
+            raise ConfigValueError(
+                f"model cells_given_centroids: {key!r} is not a layer; the layers are {', '.join(shapes)}."
+            )
+        if len(shapes[key]) != 2:
+            raise ConfigValueError(
+                f"model cells_given_centroids: layer {key!r} has shape {list(shapes[key])}; a centre needs "
+                "a grid of (rows, columns)."
+            )
+    if keys and not given_energies:
+        raise ConfigValueError(
+            "model cells_given_centroids needs cells_given_energies: true (the centres are drawn with the "
+            "layer energies, before the cells)."
+        )
+    return list(keys)
+
+
 class CaloVAE(LightningModule):
     """Conditional VAE for calorimeter showers read out in layers.
 
@@ -99,6 +119,9 @@ class CaloVAE(LightningModule):
         cells_given_energies: draw the layer energies first and each layer's cells given them
             (the decoder's branches see the standardised layer energies), instead of both side by
             side from z.
+        cells_given_centroids: layers (keys of ``layer_shapes``, each a grid of rows and columns)
+            whose energy-weighted centre is drawn with the layer energies and given to the cells
+            (:class:`~hepgen.nn.shower.LayerCentroids`); needs ``cells_given_energies``.
         optimizer: optimizer factory (Adam, lr 1e-3 by default).
         lr_scheduler: optional scheduler factory, stepped once per epoch.
     """
@@ -124,6 +147,7 @@ class CaloVAE(LightningModule):
         flow_transforms: int = 6,
         flow_hidden: int = 64,
         cells_given_energies: bool = False,
+        cells_given_centroids: list[str] | None = None,
         layer_shapes: dict[str, list[int]] | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -150,9 +174,14 @@ class CaloVAE(LightningModule):
         self.sharing_components = _components_per_layer(sharing_components, sharing, self.layer_keys)
         self.share_params = [1 if sharing == "softmax" else 2 if k == 1 else 3 * k for k in self.sharing_components]
         self.representation = ShowerRepresentation(cells)
+        self.centroid_keys = _centroid_layers(cells_given_centroids or [], self.layer_shapes, cells_given_energies)
+        self.centroids = (
+            LayerCentroids([self.layer_shapes[k] for k in self.centroid_keys]) if self.centroid_keys else None
+        )
+        extra_summaries = 2 * len(self.centroid_keys)
         self.encoder = LayerwiseEncoder(cells, cond_dim, latent_dim, hidden, branch)
         self.decoder = LayerwiseDecoder(
-            cells, cond_dim, latent_dim, hidden, branch, self.share_params, cells_given_energies
+            cells, cond_dim, latent_dim, hidden, branch, self.share_params, cells_given_energies, extra_summaries
         )
         self.latent_flow = (
             ConditionalCouplingFlow(latent_dim, cond_dim, flow_transforms, flow_hidden) if latent_density == "flow" else None
@@ -161,6 +190,10 @@ class CaloVAE(LightningModule):
     # --- data in the model's representation ----------------------------------------------------
     def _cells(self, batch: dict) -> list[torch.Tensor]:
         return [batch[k].flatten(1) for k in self.layer_keys]
+
+    def _centres(self, batch: dict) -> torch.Tensor:
+        """Standardised centres (B, 2 k) of the ``cells_given_centroids`` layers of ``batch``."""
+        return self.centroids([batch[k].flatten(1) for k in self.centroid_keys])
 
     def _condition(self, batch: dict) -> torch.Tensor:
         particle = batch.get("particle")
@@ -183,10 +216,11 @@ class CaloVAE(LightningModule):
                 f"{self.hparams.num_particles}; set model num_particles to the number of the datamodule's particles."
             )
         # Statistics are fitted once, on training data, and then live in the checkpoint.
-        if bool(self.representation.fitted):
-            return
-        cells = [data[k].flatten(1).to(self.device) for k in self.layer_keys]
-        self.representation.fit(cells, data["energy"].to(self.device))
+        if not bool(self.representation.fitted):
+            cells = [data[k].flatten(1).to(self.device) for k in self.layer_keys]
+            self.representation.fit(cells, data["energy"].to(self.device))
+        if self.centroids is not None and not bool(self.centroids.fitted):
+            self.centroids.fit([data[k].flatten(1).to(self.device) for k in self.centroid_keys])
 
     def on_train_start(self) -> None:
         reseed_for_rank(self.trainer)  # each DDP rank its own reparametrisation noise
@@ -202,11 +236,14 @@ class CaloVAE(LightningModule):
         mean, log_var = self.encoder(shapes, energies, cond)
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * log_var) * eps
-        # the cells are scored given the shower's own layer energies (teacher forcing); generation
-        # draws the energies first and the cells for them
-        e_mean, e_log_var, hit_logits, share_params = self.decoder(z, cond, energies)
+        summaries = energies if self.centroids is None else torch.cat([energies, self._centres(batch)], dim=1)
+        # the cells are scored given the shower's own layer energies (and centres; teacher forcing);
+        # generation draws these first and the cells for them
+        e_mean, e_log_var, hit_logits, share_params = self.decoder(z, cond, summaries)
 
-        nll_energy = 0.5 * (e_log_var + (energies - e_mean) ** 2 / e_log_var.exp()).sum(1)
+        nll_summaries = 0.5 * (e_log_var + (summaries - e_mean) ** 2 / e_log_var.exp())
+        nll_energy = nll_summaries[:, : len(self.layer_keys)].sum(1)
+        nll_centre = nll_summaries[:, len(self.layer_keys) :].sum(1)
         bce_hits = sum(
             nn.functional.binary_cross_entropy_with_logits(hl, (x > 0).to(hl.dtype), reduction="none").sum(1)
             for hl, x in zip(hit_logits, cells)
@@ -224,12 +261,13 @@ class CaloVAE(LightningModule):
             )
         kl_per_dim = 0.5 * (mean**2 + log_var.exp() - 1.0 - log_var)  # (B, latent_dim)
         kl_floored = kl_per_dim.mean(0).clamp_min(self.hparams.free_bits).sum()
-        recon = (nll_energy + bce_hits + nll_sharing).mean()
+        recon = (nll_energy + nll_centre + bce_hits + nll_sharing).mean()
         kl = kl_per_dim.sum(1).mean()
         terms = {
             "nll_energy": nll_energy.mean(),
             "bce_hits": bce_hits.mean(),
             "nll_sharing": nll_sharing.mean(),
+            **({} if self.centroids is None else {"nll_centre": nll_centre.mean()}),
             "kl": kl,
             "kl_floored": kl_floored,
             "neg_elbo": recon + kl,
@@ -321,9 +359,9 @@ class CaloVAE(LightningModule):
             z = self.latent_flow.sample(cond, generator)
         h, e_mean, e_log_var = self.decoder.energies(z, cond)
         noise = torch.randn(e_mean.shape, generator=generator, device=self.device)
-        energies = e_mean + torch.exp(0.5 * e_log_var) * noise
-        hit_logits, share_params = self.decoder.cells(h, energies)
-        layer_energy = self.representation.decode_energies(energies, energy_gev)
+        summaries = e_mean + torch.exp(0.5 * e_log_var) * noise  # layer energies, then any centres
+        hit_logits, share_params = self.decoder.cells(h, summaries)
+        layer_energy = self.representation.decode_energies(summaries[:, : len(self.layer_keys)], energy_gev)
         showers = {}
         for i, (key, shape) in enumerate(self.layer_shapes.items()):
             hits = torch.rand(hit_logits[i].shape, generator=generator, device=self.device) < torch.sigmoid(hit_logits[i])

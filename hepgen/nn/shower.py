@@ -95,6 +95,55 @@ class ShowerRepresentation(nn.Module):
         return torch.log1p(1000.0 * sharing) / math.log(1001.0)
 
 
+class LayerCentroids(nn.Module):
+    """Where the energy of chosen layers sits: the energy-weighted mean cell index along each axis
+    of each layer's (rows, columns) grid, standardised, (B, 2 k) for k layers.
+
+    The centre moves with the particle's impact point by a fraction of a cell (CaloGAN layer 1:
+    0.17 cells r.m.s., and layer 0's fine strips follow it with correlation 0.92), and it decides
+    how the core cells share the layer. Given to the decoder with the layer energies, the cells
+    are drawn for a centre drawn first, so the impact point does not have to be found in z: a
+    VAE whose codes do not carry it (a stall that some seeds never leave in 40 epochs) makes every
+    shower centred. An empty layer sits at its grid's middle. Statistics are buffers fitted once on
+    training data (:meth:`fit`), as in :class:`ShowerRepresentation`.
+
+    Args:
+        shapes: (rows, columns) of each layer, e.g. ``[(3, 96), (12, 12)]``.
+    """
+
+    def __init__(self, shapes: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.shapes = [tuple(shape) for shape in shapes]
+        self.register_buffer("c_mean", torch.zeros(2 * len(shapes)))
+        self.register_buffer("c_std", torch.ones(2 * len(shapes)))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def centres(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """Unstandardised centres (B, 2 k) in cell indices, rows then columns of each layer, from the
+        layers' cells (B, rows * columns) in any energy unit."""
+        centres = []
+        for x, (rows, cols) in zip(layers, self.shapes):
+            grid = x.reshape(-1, rows, cols)
+            total = grid.sum((1, 2))
+            weights = grid / total.clamp_min(1e-30)[:, None, None]
+            for axis, n in ((2, rows), (1, cols)):
+                index = torch.arange(n, dtype=x.dtype, device=x.device)
+                centre = weights.sum(axis) @ index
+                centres.append(torch.where(total > 0, centre, torch.full_like(centre, (n - 1) / 2)))
+        return torch.stack(centres, dim=1)
+
+    @torch.no_grad()
+    def fit(self, layers: list[torch.Tensor]) -> None:
+        c = self.centres(layers)
+        self.c_mean.copy_(c.mean(0))
+        self.c_std.copy_(c.std(0).clamp_min(1e-3))
+        self.fitted.fill_(True)
+
+    def forward(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """Standardised centres, (B, 2 k)."""
+        return (self.centres(layers) - self.c_mean) / self.c_std
+
+
 class LayerwiseEncoder(nn.Module):
     """q(z | shower, condition): one MLP branch per layer, merged with energies and condition.
 
@@ -127,6 +176,9 @@ class LayerwiseDecoder(nn.Module):
     the cells are drawn for the layer energies drawn first, p(E | z) p(cells | z, E), as the two
     stages of CaloFlow. A layer's energy says much about its cells that z need not carry: in the
     last CaloGAN layer, 0.1 % of the shower, whether a shower particle reached it at all.
+    ``extra_summaries`` more per-shower numbers (the layers' centres, :class:`LayerCentroids`) are
+    drawn with the energies by the same head and seen by the branches the same way: the head's
+    output is then (B, L + extra_summaries) each, energies first.
     """
 
     def __init__(
@@ -138,21 +190,25 @@ class LayerwiseDecoder(nn.Module):
         branch: int,
         share_params: int | list[int] = 1,
         given_energies: bool = False,
+        extra_summaries: int = 0,
     ) -> None:
         super().__init__()
+        if extra_summaries and not given_energies:
+            raise ValueError("extra per-shower summaries are drawn for the cells: they need given_energies.")
         self.layer_cells = list(layer_cells)
         self.share_params = [share_params] * len(layer_cells) if isinstance(share_params, int) else list(share_params)
         self.given_energies = given_energies
-        n_layers = len(layer_cells)
+        n_summaries = len(layer_cells) + extra_summaries
         self.trunk = mlp([latent_dim + cond_dim, hidden, hidden], final_activation=True)
-        self.energy_head = nn.Linear(hidden, 2 * n_layers)
-        branch_in = hidden + (n_layers if given_energies else 0)
+        self.energy_head = nn.Linear(hidden, 2 * n_summaries)
+        branch_in = hidden + (n_summaries if given_energies else 0)
         self.branches = nn.ModuleList(
             mlp([branch_in, branch, (1 + p) * n]) for n, p in zip(layer_cells, self.share_params)
         )
 
     def energies(self, z: torch.Tensor, cond: torch.Tensor):
-        """The trunk's features h (B, hidden) and the layer energies' mean and log-variance (B, L)."""
+        """The trunk's features h (B, hidden) and the layer energies' mean and log-variance (B, L),
+        (B, L + extra_summaries) with the extra summaries."""
         h = self.trunk(torch.cat([z, cond], dim=1))
         e_mean, e_log_var = self.energy_head(h).chunk(2, dim=1)
         return h, e_mean, e_log_var.clamp(-10.0, 5.0)
@@ -177,6 +233,36 @@ class LayerwiseDecoder(nn.Module):
 
 #: Bounds of the log-scale of a cell's log-fraction: 1e-3 (a cell fixed by z) to e^2 (a factor of 7).
 LOG_SCALE_RANGE = (-7.0, 2.0)
+
+
+class _ClampPullingBack(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.low, ctx.high = low, high
+        return x.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        # a descent step moves x by -grad: outside the range, keep only gradients that move x back
+        pushes_out = ((x > ctx.high) & (grad < 0)) | ((x < ctx.low) & (grad > 0))
+        return grad.masked_fill(pushes_out, 0.0), None, None
+
+
+def clamp_pulling_back(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``x.clamp(low, high)`` whose gradient can pull an out-of-range value back into the range.
+
+    A plain clamp has zero gradient outside its range, so a network output that one early step
+    pushed past a bound stays there for good, whatever the data say later. For a cell's log-scale
+    this happened in training: a few layer-1 cells of some showers stuck at the ceiling e^2 with a
+    real spread of e^-1, an almost flat density whose draws give one cell the whole layer. Here the
+    gradient is kept where a descent step moves x towards the range and dropped where it would
+    push x further out; inside the range it is the clamp's (and training is unchanged).
+    """
+    return _ClampPullingBack.apply(x, low, high)
+
+
 #: EM steps that find the normalisation shift of a mixture sharing (one Gaussian per cell needs none).
 SHIFT_EM_STEPS = 5
 
@@ -195,7 +281,7 @@ def lognormal_sharing_nll(params: torch.Tensor, sharing: torch.Tensor, hit: torc
         hit: (B, n) bool, the cells with energy.
     """
     mean, log_scale = params.chunk(2, dim=1)
-    log_scale = log_scale.clamp(*LOG_SCALE_RANGE)
+    log_scale = clamp_pulling_back(log_scale, *LOG_SCALE_RANGE)
     u = torch.log(sharing.clamp_min(1e-30))
     nll = 0.5 * ((u - mean) * torch.exp(-log_scale)) ** 2 + log_scale + 0.5 * LOG_2PI
     return (nll * hit).sum(1)
@@ -221,7 +307,7 @@ def lognormal_mixture_sharing_nll(params: torch.Tensor, sharing: torch.Tensor, h
     """
     n = sharing.shape[1]
     logits, mean, log_scale = params.unflatten(1, (3, -1, n)).unbind(1)  # each (B, K, n)
-    log_scale = log_scale.clamp(*LOG_SCALE_RANGE)
+    log_scale = clamp_pulling_back(log_scale, *LOG_SCALE_RANGE)
     u = torch.log(sharing.clamp_min(1e-30)).unsqueeze(1)
     log_density = -0.5 * ((u - mean) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI
     nll = -torch.logsumexp(torch.log_softmax(logits, dim=1) + log_density, dim=1)
@@ -249,7 +335,7 @@ def shift_marginal_sharing_nll(
         logits, mean, log_scale = params.unflatten(1, (3, components, sharing.shape[1])).unbind(1)  # (B, K, n)
         log_weights = torch.log_softmax(logits, dim=1)
     steps = 0 if components == 1 else SHIFT_EM_STEPS
-    return _shift_marginal_nll(log_weights, mean, log_scale.clamp(*LOG_SCALE_RANGE), sharing, hit, steps)
+    return _shift_marginal_nll(log_weights, mean, clamp_pulling_back(log_scale, *LOG_SCALE_RANGE), sharing, hit, steps)
 
 
 def _shift_marginal_nll(
