@@ -218,6 +218,49 @@ def test_statistics_are_fitted_through_training_sample(calogan_dir):
     assert torch.equal(model.representation.y_mean, expected.y_mean)
 
 
+def test_centres_are_fitted_with_the_statistics_and_generation_draws_them(calogan_dir):
+    """With ``cells_given_centroids`` the centres' statistics come from the same training sample,
+    standardised centres of the training showers have mean 0 and spread 1, and generation (energies
+    and centres drawn, then the cells) keeps each layer's drawn energy."""
+    from hepgen.nn.shower import LayerCentroids
+
+    dm = _LazyCaloGAN(data_dir=str(calogan_dir), source="made", made_events=600, batch_size=64)
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16, sharing="lognormal", cells_given_energies=True,
+                    cells_given_centroids=["layer_0", "layer_1"])  # fmt: skip
+    Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0).fit(model, dm)
+    assert dm.samples_taken == 1 and bool(model.centroids.fitted)
+    layers = [dm._train[k].flatten(1) for k in ("layer_0", "layer_1")]
+    standardised = model.centroids(layers)
+    torch.testing.assert_close(standardised.mean(0), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardised.std(0), torch.ones(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(model.centroids.c_mean, LayerCentroids([(3, 96), (12, 12)]).centres(layers).mean(0))
+    energy = torch.full((50, 1), 20.0)
+    showers = model.eval().generate(energy, generator=torch.Generator().manual_seed(0))
+    assert {k: tuple(v.shape) for k, v in showers.items()} == {
+        "layer_0": (50, 3, 96), "layer_1": (50, 12, 12), "layer_2": (50, 12, 6)}  # fmt: skip
+    # the layer energies are the first columns of what the head draws: the same draws again
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        z = torch.randn(50, 4, generator=generator)  # latent_density normal: the prior
+        _, mean, log_var = model.decoder.energies(z, model._condition({"energy": energy}))
+        drawn = mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape, generator=generator)
+    expected = model.representation.decode_energies(drawn[:, :3], energy)
+    got = torch.stack([showers[k].flatten(1).sum(1) for k in LAYER_KEYS], 1)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_centres_must_be_fitted_without_a_datamodule():
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16, sharing="lognormal", cells_given_energies=True,
+                    cells_given_centroids=["layer_1"])  # fmt: skip
+    showers = {k: torch.from_numpy(v) for k, v in simulate_showers(64, seed=6).items()}
+    model.representation.fit([showers[k].flatten(1) for k in LAYER_KEYS], showers["energy"])
+    loader = DataLoader(ArrayDictDataset(showers), batch_size=32, collate_fn=_already_batched)
+    with pytest.raises(RuntimeError, match=r"call model.centroids.fit"):
+        Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False).fit(model, loader)  # fmt: skip
+
+
 # --- fluctuating sharing and the learned latent density -------------------------------------------
 def _sliced_w1(a: torch.Tensor, b: torch.Tensor, projections: int = 64) -> float:
     """Mean 1-D Wasserstein-1 distance of two equal-size samples (N, D) over random unit directions."""
@@ -725,3 +768,16 @@ def test_bad_centroid_options_are_named(kwargs, message):
 
     with pytest.raises(ConfigValueError, match=message):
         CaloVAE(latent_dim=4, hidden=32, branch=16, sharing="lognormal", **kwargs)
+
+
+def test_checkpoints_are_chosen_by_the_loss_at_the_final_kl_weight():
+    """With a final KL weight of 0.01 the true ELBO (beta = 1) is not what training minimises: the
+    monitored value is the reconstruction plus 0.01 times the floored KL (free bits included)."""
+    torch.manual_seed(0)
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16, sharing="lognormal", kl_beta_max=0.01, free_bits=0.05)
+    showers = {k: torch.from_numpy(v) for k, v in simulate_showers(200, seed=5).items()}
+    model.representation.fit([showers[k].flatten(1) for k in LAYER_KEYS], showers["energy"])
+    terms = model.losses(showers, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(terms["objective"], terms["recon"] + 0.01 * terms["kl_floored"])
+    assert float(terms["objective"].detach()) < float(terms["neg_elbo"].detach())
+    assert CaloVAE.monitor == "val/objective"

@@ -11,12 +11,16 @@ from shower to shower, as real showers do), in chosen layers a mixture of log-no
 (``sharing_components``: a cell lit by soft photons only or by a shower particle); the fractions are
 scored as the cells' log-energies or with their normalisation integrated out (``sharing_shift``).
 With ``cells_given_energies`` the hit cells and their sharing are drawn given the layer energies
-drawn first, and with ``cells_given_centroids`` given the chosen layers' centres as well. The loss per shower is
+drawn first, and with ``cells_given_centroids`` given the chosen layers' centres as well. The loss
+per shower is
 
     L = NLL_energy [+ NLL_centre] + BCE_hits + NLL_sharing + beta(step) * sum_d max(KL_d, free_bits)
 
-with ``beta`` from :func:`hepgen.models.kl_schedule.kl_weight`. ``val/neg_elbo`` is the same
-objective at beta = 1 without free bits; the best checkpoint is chosen by it.
+with ``beta`` from :func:`hepgen.models.kl_schedule.kl_weight`. The best checkpoint is chosen by
+``val/objective``, L at the final beta (``kl_beta_max``): what training minimises once the warm-up
+is over. ``val/neg_elbo`` is the true negative ELBO (beta = 1, no free bits); with a small final beta
+it stops improving while the codes still learn (their KL grows by more than the reconstruction
+gains), and as a monitor it picked checkpoints from a third of the way through training.
 
 Generation draws z from N(0, I) (``latent_density: normal``) or from a conditional flow fitted,
 during training, to the encoder's codes (``flow``): with a small beta the aggregate posterior is
@@ -126,7 +130,7 @@ class CaloVAE(LightningModule):
         lr_scheduler: optional scheduler factory, stepped once per epoch.
     """
 
-    monitor = "val/neg_elbo"
+    monitor = "val/objective"
     monitor_mode = "min"
 
     def __init__(
@@ -206,6 +210,8 @@ class CaloVAE(LightningModule):
         if datamodule is None:  # plain dataloaders: the caller fits the representation
             if not bool(self.representation.fitted):
                 raise RuntimeError("CaloVAE without a datamodule: call model.representation.fit(...) first.")
+            if self.centroids is not None and not bool(self.centroids.fitted):
+                raise RuntimeError("CaloVAE without a datamodule: call model.centroids.fit(...) first.")
             return
         # the datamodule contract's one way to training statistics (in-RAM and lazy data alike)
         data = datamodule.training_sample()
@@ -271,6 +277,7 @@ class CaloVAE(LightningModule):
             "kl": kl,
             "kl_floored": kl_floored,
             "neg_elbo": recon + kl,
+            "objective": recon + self.hparams.kl_beta_max * kl_floored,
             "recon": recon,
         }
         if self.latent_flow is not None:

@@ -128,7 +128,7 @@ class LayerCentroids(nn.Module):
             weights = grid / total.clamp_min(1e-30)[:, None, None]
             for axis, n in ((2, rows), (1, cols)):
                 index = torch.arange(n, dtype=x.dtype, device=x.device)
-                centre = weights.sum(axis) @ index
+                centre = (weights.sum(axis) * index).sum(1)  # a sum, not a matmul: full precision under autocast
                 centres.append(torch.where(total > 0, centre, torch.full_like(centre, (n - 1) / 2)))
         return torch.stack(centres, dim=1)
 
