@@ -817,13 +817,18 @@ def time_generation(model: CaloVAE, repeats: int, seed: int) -> dict[int, list[f
 
 
 def compare_generation(cfg: dict, tensors: dict[str, torch.Tensor], repeats: int, seed: int) -> None:
-    """Generation cost of the config's CaloVAE against the same sizes with the softmax sharing and
-    the N(0, I) latent (the model before the fidelity work), in alternating repeats."""
+    """Generation cost of the config's CaloVAE, of the same with its layer branches in bfloat16 and of
+    the same sizes with the softmax sharing and the N(0, I) latent (the model before the fidelity
+    work), in alternating repeats."""
     models = {
         "config": Models(CaloVAE, cfg["model_args"], tensors, seed).new(),
+        "config, layer branches in bfloat16": Models(
+            CaloVAE, {**cfg["model_args"], "generation_dtype": "bfloat16"}, tensors, seed
+        ).new(),
         "softmax sharing, N(0, I) latent": Models(
             CaloVAE,
-            {**cfg["model_args"], "sharing": "softmax", "sharing_components": 1, "latent_density": "normal"},
+            {**cfg["model_args"], "sharing": "softmax", "sharing_components": 1, "latent_density": "normal",
+             "generation_dtype": "float32"},
             tensors,
             seed,
         ).new(),
@@ -841,16 +846,25 @@ def compare_generation(cfg: dict, tensors: dict[str, torch.Tensor], repeats: int
         rates[name] = rate
         print(f"  {name}: {ms} ms; {rate:,.0f} ± {rate_std:,.0f} showers/s "
               f"(goal >= {GOAL_SHOWERS_PER_S:,}: {verdict(rate >= GOAL_SHOWERS_PER_S)})")
-    config, baseline = rates.values()
-    print(f"  throughput config / baseline: {config / baseline:.3f}")
+    config, bfloat16, baseline = rates.values()
+    print(f"  throughput config / baseline: {config / baseline:.3f}; in bfloat16 / baseline: {bfloat16 / baseline:.3f}")
     for name, model in models.items():
         print_generation_bound(name, model, repeats)
 
 
-def generation_linears(model: CaloVAE) -> list[nn.Linear]:
-    """The linear layers a generated shower passes through: the decoder's and the latent flow's."""
+def generation_linears(model: CaloVAE) -> list[tuple[nn.Linear, torch.dtype]]:
+    """The linear layers a generated shower passes through, each with the dtype it runs in: the
+    latent flow's and the decoder's trunk and energy head in float32, the layer branches in the
+    model's ``generation_dtype``."""
+    branch_dtype = getattr(torch, model.hparams.generation_dtype)
+    branches = {id(m) for m in model.decoder.branches.modules()}
     parts = [model.decoder] + ([model.latent_flow] if model.latent_flow is not None else [])
-    return [m for part in parts for m in part.modules() if isinstance(m, nn.Linear)]
+    return [
+        (m, branch_dtype if id(m) in branches else torch.float32)
+        for part in parts
+        for m in part.modules()
+        if isinstance(m, nn.Linear)
+    ]
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -866,22 +880,22 @@ def _median_time(fn, repeats: int) -> float:
 @torch.no_grad()
 def print_generation_bound(name: str, model: CaloVAE, repeats: int) -> None:
     """The least time 10,000 showers can take with this model on this machine: its linear layers run
-    alone at batch 10,000 (each timed on its own input shape) plus the random numbers it draws per
-    cell (one uniform for the hit, for log-normal sharing one normal, for a mixture one more uniform),
+    alone at batch 10,000 (each timed on its own input shape, in the dtype generation runs it in)
+    plus the one uniform random number per cell that draws hit, component and log-normal noise,
     with no other work."""
     linears = generation_linears(model)
-    macs = sum(m.in_features * m.out_features for m in linears)
-    t_linear = sum(_median_time(lambda m=m, x=torch.randn(GEN_BATCH, m.in_features): m(x), repeats) for m in linears)
-    layer_cells = [GEN_BATCH * math.prod(shape) for shape in model.layer_shapes.values()]
+    macs = sum(m.in_features * m.out_features for m, _ in linears)
+
+    def linear_time(m: nn.Linear, dtype: torch.dtype) -> float:
+        x = torch.randn(GEN_BATCH, m.in_features, dtype=dtype)
+        weight, bias = m.weight.to(dtype), m.bias.to(dtype)
+        return _median_time(lambda: torch.nn.functional.linear(x, weight, bias), repeats)
+
+    t_linear = sum(linear_time(m, dtype) for m, dtype in linears)
+    cells = GEN_BATCH * sum(math.prod(shape) for shape in model.layer_shapes.values())
     gen = torch.Generator().manual_seed(0)
-    # torch's CPU generator is serial: each random number per cell costs a pass that no thread shares
-    uniforms = sum(n * (1 + (k > 1)) for n, k in zip(layer_cells, model.sharing_components))
-    normals = sum(n for n, p in zip(layer_cells, model.share_params) if p > 1)
-    buffer = torch.empty(uniforms)
+    buffer = torch.empty(cells)  # torch's CPU generator is serial: no thread shares this pass
     t_random = _median_time(lambda: buffer.uniform_(generator=gen), repeats)
-    if normals:
-        buffer_normal = torch.empty(normals)
-        t_random += _median_time(lambda: buffer_normal.normal_(generator=gen), repeats)
     bound = GEN_BATCH / (t_linear + t_random)
     print(f"  bound, {name}: {macs:,} multiply-adds per shower, linear layers {t_linear * 1e3:.1f} ms "
           f"({2 * macs * GEN_BATCH / t_linear / 1e9:.0f} GFLOP/s) + random numbers {t_random * 1e3:.1f} ms "

@@ -17,7 +17,7 @@ from datamodules.base import ArrayDictDataset, _already_batched
 from hepgen.cli import main
 from hepgen.models import CaloVAE
 from hepgen.models.kl_schedule import kl_weight
-from hepgen.nn.shower import ShowerRepresentation, sample_sharing
+from hepgen.nn.shower import ShowerRepresentation, sample_cells
 from hepgen.physics.calo_geometry import LAYER_KEYS
 from hepgen.physics.calo_observables import compute_observables
 from hepgen.synth.calogan import simulate_showers
@@ -279,11 +279,11 @@ def test_lognormal_sharing_fluctuates_around_the_shape_and_keeps_the_layer_energ
     cond = torch.zeros(2, 1)
     z = torch.zeros(2, 4)
     _, _, hit_logits, params = model.decoder(z, cond)
-    hits = torch.ones_like(hit_logits[1], dtype=torch.bool)
-    shares = sample_sharing(params[1], hits, 2, torch.Generator().manual_seed(0))
+    always = torch.full_like(hit_logits[1], math.inf)  # every cell hit
+    shares = sample_cells(always, params[1], 2, torch.Generator().manual_seed(0))
     assert torch.allclose(shares.sum(1), torch.ones(2))
     assert (shares[0] - shares[1]).abs().max() > 1e-3  # same z, different showers
-    softmax = sample_sharing(params[1][:, :144], hits, 1, torch.Generator().manual_seed(0))
+    softmax = sample_cells(always, params[1][:, :144], 1, torch.Generator().manual_seed(0))
     assert torch.equal(softmax[0], softmax[1])
 
 
@@ -293,7 +293,7 @@ def test_lognormal_sharing_draws_each_log_fraction_around_its_mean_with_its_scal
     n = 40_000
     mean, scale = torch.tensor([-1.0, -2.5, -1.5]), torch.tensor([0.2, 0.4, 0.3])
     params = torch.cat([mean, scale.log()])[None].expand(n, -1)
-    shares = sample_sharing(params, torch.ones(n, 3, dtype=torch.bool), 2, torch.Generator().manual_seed(0))
+    shares = sample_cells(torch.full((n, 3), math.inf), params, 2, torch.Generator().manual_seed(0))
     diff = torch.log(shares[:, 0]) - torch.log(shares[:, 1])
     assert abs(float(diff.mean()) - 1.5) < 0.01
     assert abs(float(diff.var()) / 0.2 - 1) < 0.03
@@ -502,7 +502,7 @@ def test_shift_marginal_mixture_nll_is_the_mixture_density_with_the_shift_integr
 
 
 def test_shift_marginal_sharing_fitted_to_its_own_draws_recovers_the_cell_noise():
-    """Maximum likelihood on fractions drawn by sample_sharing gives back the per-cell scale (0.3
+    """Maximum likelihood on fractions drawn by sample_cells gives back the per-cell scale (0.3
     in every cell). Scoring the log-fractions as if they were the log-energies does not: the
     normalisation's spread from shower to shower is counted as noise of the faint cells."""
     from hepgen.nn.shower import lognormal_sharing_nll, shift_marginal_sharing_nll
@@ -510,7 +510,8 @@ def test_shift_marginal_sharing_fitted_to_its_own_draws_recovers_the_cell_noise(
     n_events, cells = 4000, 12
     true = torch.cat([torch.linspace(-4.0, 0.0, cells), torch.full((cells,), math.log(0.3))])[None]
     hits = torch.ones(n_events, cells, dtype=torch.bool)
-    sharing = sample_sharing(true.expand(n_events, -1), hits, 2, torch.Generator().manual_seed(0))
+    sharing = sample_cells(torch.full((n_events, cells), math.inf), true.expand(n_events, -1), 2,
+                           torch.Generator().manual_seed(0))  # fmt: skip
 
     def fit(nll) -> tuple[torch.Tensor, torch.Tensor]:
         params = torch.nn.Parameter(torch.zeros(1, 2 * cells))
@@ -593,8 +594,7 @@ def test_lognormal_mixture_sharing_draws_each_component_with_its_weight():
     mean = torch.tensor([[-6.0, -2.0], [-1.0, -2.0]])
     log_scale = torch.log(torch.tensor([[0.1, 0.001], [0.2, 0.001]]))
     params = torch.cat([logits.flatten(), mean.flatten(), log_scale.flatten()])[None].expand(n, -1)
-    hits = torch.ones(n, 2, dtype=torch.bool)
-    shares = sample_sharing(params, hits, 3 * components, torch.Generator().manual_seed(0))
+    shares = sample_cells(torch.full((n, 2), math.inf), params, 3 * components, torch.Generator().manual_seed(0))
     diff = torch.log(shares[:, 0]) - torch.log(shares[:, 1])
     soft = diff < -1.5
     assert abs(float(soft.float().mean()) - 0.7) < 0.01
@@ -632,7 +632,8 @@ def test_shift_marginal_mixture_learns_soft_and_bright_cells():
         return params.detach().expand(n_events, -1)
 
     def ratio_ks(params: torch.Tensor) -> float:
-        drawn = sample_sharing(params, hits, params.shape[1] // cells, torch.Generator().manual_seed(1))
+        always = torch.full((n_events, cells), math.inf)
+        drawn = sample_cells(always, params, params.shape[1] // cells, torch.Generator().manual_seed(1))
         return ks_statistic(real_ratio, brightest_cell_ratio(drawn[:, None].numpy()))
 
     mixture = fit(2)
@@ -667,6 +668,36 @@ def test_sharing_components_per_layer_draw_showers_that_keep_each_layer_energy()
     torch.testing.assert_close(got[hit_any], expected[hit_any], rtol=1e-5, atol=1e-3)
 
 
+def test_bfloat16_generation_draws_the_float32_showers_up_to_rounding():
+    """generation_dtype: bfloat16 runs the layer branches in bfloat16 and changes the showers only by
+    its rounding: with the same random numbers, the same layer energies (drawn in float32), the
+    same hit cells but where a uniform falls within rounding of its hit probability, and cell
+    energies within a few per cent; not the float32 showers exactly (the option is in effect)."""
+    showers = simulate_showers(300, seed=4)
+    models = {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        model = CaloVAE(latent_dim=4, hidden=32, branch=16, sharing="lognormal", sharing_components=[2, 1, 2],
+                        generation_dtype=dtype)  # fmt: skip
+        model.representation.fit([torch.from_numpy(showers[k]).flatten(1) for k in LAYER_KEYS],
+                                 torch.from_numpy(showers["energy"]))  # fmt: skip
+        with torch.no_grad():  # outputs of order 1, as a trained decoder's, not of order 0.01
+            for m in model.decoder.branches.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.weight.mul_(4.0)
+        models[dtype] = model.eval()
+    energy = torch.full((500, 1), 50.0)
+    out = {d: m.generate(energy, generator=torch.Generator().manual_seed(0)) for d, m in models.items()}
+    for key in LAYER_KEYS:
+        a, b = out["float32"][key].flatten(1), out["bfloat16"][key].flatten(1)
+        both = (a > 0) & (b > 0)
+        assert float(((a > 0) != (b > 0)).float().mean()) < 0.01
+        full = both.sum(1) == (a > 0).sum(1)  # rows with the same hit cells keep the same layer energy
+        torch.testing.assert_close(a[full].sum(1), b[full].sum(1), rtol=1e-4, atol=1e-3)
+        relative = ((b - a).abs() / a.clamp_min(1e-30))[both]
+        assert float(relative.median()) < 0.04 and 0 < float(relative.max())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -675,6 +706,7 @@ def test_sharing_components_per_layer_draw_showers_that_keep_each_layer_energy()
         ({"sharing": "softmax", "sharing_components": 2}, "needs sharing: lognormal"),
         ({"sharing": "lognormal", "sharing_shift": "exact"}, "choose 'fixed' or 'marginal'"),
         ({"sharing": "softmax", "sharing_shift": "marginal"}, "marginal needs sharing: lognormal"),
+        ({"generation_dtype": "float16"}, "choose 'float32' or 'bfloat16'"),
     ],
 )
 def test_bad_sharing_options_are_named(kwargs, message):
@@ -748,8 +780,7 @@ def test_cells_drawn_given_a_centre_put_the_core_there():
             given = summaries.clone()
             given[:, -1] = (given_column - model.centroids.c_mean[1]) / model.centroids.c_std[1]  # standardised
             hit_logits, params = model.decoder.cells(h, given)
-            hits = torch.rand(hit_logits[0].shape, generator=generator) < torch.sigmoid(hit_logits[0])
-            sharing = sample_sharing(params[0], hits, model.share_params[0], generator)
+            sharing = sample_cells(hit_logits[0], params[0], model.share_params[0], generator)
             centres.append(float(model.centroids.centres([sharing])[:, 1].mean()))
     assert 2.2 < centres[1] - centres[0] < 3.5
 
@@ -781,3 +812,29 @@ def test_checkpoints_are_chosen_by_the_loss_at_the_final_kl_weight():
     torch.testing.assert_close(terms["objective"], terms["recon"] + 0.01 * terms["kl_floored"])
     assert float(terms["objective"].detach()) < float(terms["neg_elbo"].detach())
     assert CaloVAE.monitor == "val/objective"
+
+
+def test_one_uniform_per_cell_draws_hit_component_and_gaussian_independently():
+    """sample_cells draws hit, mixture component and Gaussian from one uniform per cell: cell 0 is
+    hit with probability 0.2, and when hit its log-fraction relative to cell 1 (always hit, fixed)
+    still has its components' weights (0.7 / 0.3), means and spreads, as if drawn apart."""
+    n = 100_000
+    logits = torch.log(torch.tensor([[0.7, 0.5], [0.3, 0.5]]))  # (component, cell)
+    mean = torch.tensor([[-6.0, -2.0], [-1.0, -2.0]])
+    log_scale = torch.log(torch.tensor([[0.5, 0.001], [0.2, 0.001]]))
+    params = torch.cat([logits.flatten(), mean.flatten(), log_scale.flatten()])[None].expand(n, -1)
+    hit_logits = torch.tensor([math.log(0.2 / 0.8), math.inf])[None].expand(n, -1)
+    shares = sample_cells(hit_logits, params, 6, torch.Generator().manual_seed(0))
+    hit = shares[:, 0] > 0
+    assert abs(float(hit.float().mean()) - 0.2) < 0.005
+    assert torch.equal(shares[~hit, 1], torch.ones(int((~hit).sum())))  # a lone hit cell holds the layer
+    diff = torch.log(shares[hit, 0]) - torch.log(shares[hit, 1])
+    soft = diff < -1.5
+    assert abs(float(soft.float().mean()) - 0.7) < 0.01
+    for part, centre, spread in ((diff[soft], -4.0, 0.5), (diff[~soft], 1.0, 0.2)):
+        assert abs(float(part.mean()) - centre) < 0.01
+        assert abs(float(part.std()) / spread - 1) < 0.03
+        # the Gaussian shape, not only its moments: a quarter of the draws beyond 0.674 sigma each side
+        z = (part - centre) / spread
+        assert abs(float((z > 0.6745).float().mean()) - 0.25) < 0.01
+        assert abs(float((z < -0.6745).float().mean()) - 0.25) < 0.01

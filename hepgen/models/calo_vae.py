@@ -44,7 +44,7 @@ from hepgen.models.kl_schedule import KLScheduleName, kl_weight
 from hepgen.nn.flows import ConditionalCouplingFlow
 from hepgen.nn.shower import (
     LayerCentroids, LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features,
-    lognormal_mixture_sharing_nll, lognormal_sharing_nll, sample_sharing, shift_marginal_sharing_nll,
+    lognormal_mixture_sharing_nll, lognormal_sharing_nll, sample_cells, shift_marginal_sharing_nll,
 )  # fmt: skip
 from hepgen.physics.calo_geometry import LAYER_SHAPES
 
@@ -56,6 +56,7 @@ CPU_GENERATION_CHUNK = 4096
 SharingName = Literal["softmax", "lognormal"]
 SharingShiftName = Literal["fixed", "marginal"]
 LatentDensityName = Literal["normal", "flow"]
+GenerationDtypeName = Literal["float32", "bfloat16"]
 
 
 def _components_per_layer(components: int | list[int], sharing: str, layer_keys: tuple[str, ...]) -> list[int]:
@@ -126,6 +127,12 @@ class CaloVAE(LightningModule):
         cells_given_centroids: layers (keys of ``layer_shapes``, each a grid of rows and columns)
             whose energy-weighted centre is drawn with the layer energies and given to the cells
             (:class:`~hepgen.nn.shower.LayerCentroids`); needs ``cells_given_energies``.
+        generation_dtype: the precision of the decoder's layer branches when showers are generated
+            (in :meth:`generate`, and so in the evaluation and ``predict``; training stays float32):
+            ``bfloat16`` runs those matrix products, most of generation's arithmetic, twice as fast
+            on CPUs with AVX512-BF16 or AMX and on GPUs (and slower than float32 on other CPUs). A
+            cell's energy then differs from float32's by 1-2 % (median; quickstart model), well
+            inside its shower-to-shower spread.
         optimizer: optimizer factory (Adam, lr 1e-3 by default).
         lr_scheduler: optional scheduler factory, stepped once per epoch.
     """
@@ -153,6 +160,7 @@ class CaloVAE(LightningModule):
         cells_given_energies: bool = False,
         cells_given_centroids: list[str] | None = None,
         layer_shapes: dict[str, list[int]] | None = None,
+        generation_dtype: GenerationDtypeName = "float32",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -167,6 +175,8 @@ class CaloVAE(LightningModule):
             )
         if latent_density not in ("normal", "flow"):
             raise ValueError(f"latent_density={latent_density!r}: choose 'normal' or 'flow'.")
+        if generation_dtype not in ("float32", "bfloat16"):
+            raise ConfigValueError(f"model generation_dtype={generation_dtype!r}: choose 'float32' or 'bfloat16'.")
         self.save_hyperparameters()
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -367,13 +377,14 @@ class CaloVAE(LightningModule):
         h, e_mean, e_log_var = self.decoder.energies(z, cond)
         noise = torch.randn(e_mean.shape, generator=generator, device=self.device)
         summaries = e_mean + torch.exp(0.5 * e_log_var) * noise  # layer energies, then any centres
-        hit_logits, share_params = self.decoder.cells(h, summaries)
+        bfloat16 = self.hparams.generation_dtype == "bfloat16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bfloat16):
+            hit_logits, share_params = self.decoder.cells(h, summaries)
         layer_energy = self.representation.decode_energies(summaries[:, : len(self.layer_keys)], energy_gev)
         showers = {}
         for i, (key, shape) in enumerate(self.layer_shapes.items()):
-            hits = torch.rand(hit_logits[i].shape, generator=generator, device=self.device) < torch.sigmoid(hit_logits[i])
-            share = sample_sharing(share_params[i], hits, self.share_params[i], generator)
-            showers[key] = (share * layer_energy[:, i : i + 1]).reshape(-1, *shape)
+            share = sample_cells(hit_logits[i], share_params[i], self.share_params[i], generator)
+            showers[key] = share.mul_(layer_energy[:, i : i + 1]).reshape(-1, *shape)
         return showers
 
     @torch.no_grad()

@@ -317,7 +317,7 @@ def lognormal_mixture_sharing_nll(params: torch.Tensor, sharing: torch.Tensor, h
 def shift_marginal_sharing_nll(
     params: torch.Tensor, sharing: torch.Tensor, hit: torch.Tensor, components: int = 1
 ) -> torch.Tensor:
-    """-log p of the hit cells' fractions (B,), nats: the density of what :func:`sample_sharing`
+    """-log p of the hit cells' fractions (B,), nats: the density of what :func:`sample_cells`
     draws (exact for one Gaussian per cell, by Laplace's method for a mixture), with ``params`` as
     :func:`lognormal_sharing_nll` (B, 2 n) or as :func:`lognormal_mixture_sharing_nll` (B, 3 K n)
     for ``components`` K.
@@ -396,40 +396,61 @@ def _shift_marginal_nll(
     return torch.where(hit.sum(1) > 1, nll, torch.zeros_like(nll))
 
 
-def _mixture_log_fractions(params: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Log-energies u (B, n) drawn from each cell's mixture, ``params`` (B, 3 K n) as in
-    :func:`lognormal_mixture_sharing_nll`: a component by the inverse of its cumulative weights (one
-    uniform per cell), then a Gaussian draw from it."""
-    logits, mean, log_scale = params.unflatten(1, (3, -1, n)).unbind(1)  # each (B, K, n)
-    cumulative = torch.softmax(logits, dim=1).cumsum(dim=1)
-    uniform = torch.rand(cumulative[:, 0].shape, generator=generator, device=params.device, dtype=params.dtype)
-    # the last cumulative weight is 1 up to rounding: clamp so a uniform above it picks the last one
-    component = (uniform.unsqueeze(1) > cumulative).sum(1, keepdim=True).clamp_max(logits.shape[1] - 1)
-    mean = mean.gather(1, component).squeeze(1)
-    scale = log_scale.gather(1, component).squeeze(1).clamp(*LOG_SCALE_RANGE).exp_()
-    noise = torch.randn(mean.shape, generator=generator, device=params.device, dtype=params.dtype)
-    return noise.mul_(scale).add_(mean)
+#: Smallest uniform fed to the Gaussian inverse CDF (and 1 minus it the largest): 2^-24, the spacing
+#: of torch's float32 uniforms, so a draw of exactly 0 gives -5.3 sigma instead of -inf.
+_UNIFORM_FLOOR = 2.0**-24
 
 
-def sample_sharing(
+def _component_and_uniform(logits: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For cells whose mixture weights are ``softmax(logits)`` (B, K, n) and uniforms ``v`` (B, n):
+    the component k of each cell (B, n), the first whose cumulative weight exceeds v, and
+    (v - W_{k-1}) / w_k (B, n), again uniform on [0, 1) and independent of k."""
+    weight = torch.softmax(logits, dim=1)
+    upper = weight.cumsum(dim=1)
+    component = (v.unsqueeze(1) >= upper).sum(1, keepdim=True).clamp_max(logits.shape[1] - 1)
+    w = weight.gather(1, component).squeeze(1)
+    low = upper.gather(1, component).squeeze(1).sub_(w)
+    return component, v.sub_(low).div_(w).clamp_(0.0, 1.0)
+
+
+def sample_cells(
+    hit_logits: torch.Tensor,
     params: torch.Tensor,
-    hits: torch.Tensor,
     share_params: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Fractions (B, n) of the layer energy in each cell: 0 outside ``hits``, summing to 1 over them.
+    """A layer's cells drawn from the decoder's heads: fractions (B, n) of the layer energy, 0 in the
+    cells not hit and summing to 1 over the hit ones (all 0 when none is hit).
 
-    With one parameter per cell they are the softmax of the logits over the hit cells; with two,
-    each hit cell's log-fraction is drawn from its Gaussian and the fractions are renormalised to
-    sum to 1 (a logistic-normal sharing), so the layer keeps exactly its sampled energy; with
-    3 K (a mixture of K Gaussians, :func:`lognormal_mixture_sharing_nll`) from its mixture,
-    renormalised the same way. ``params`` is (B, share_params * n); ``hits`` (B, n) bool.
+    Each cell is hit with probability sigmoid(``hit_logits``) (B, n). Among the hit cells the layer
+    energy is shared by a softmax of ``params`` (B, n) (``share_params`` 1); with 2 per cell each
+    hit cell's log-fraction is drawn from its Gaussian and the fractions are renormalised, so the
+    layer keeps exactly its sampled energy (a logistic-normal sharing,
+    :func:`lognormal_sharing_nll`); with 3 K from its mixture of K Gaussians
+    (:func:`lognormal_mixture_sharing_nll`), renormalised the same way.
+
+    One uniform u per cell makes all three draws, by inversion: the cell is hit if u < p, and then
+    u / p is again uniform and independent of the hit; it picks the mixture component by the
+    cumulative weights and, rescaled into that component's interval, gives the Gaussian through
+    its inverse CDF. Generation is bound by torch's serial CPU random-number generator, and this
+    draws one number per cell where hit, component and Gaussian drawn apart take three. Float32
+    uniforms come in steps of 2^-24, so a cell hit with probability p has a Gaussian resolved in
+    2^24 p levels (a cell hit once in a hundred reaches 4.4 sigma instead of 5.3).
     """
-    if share_params > 2:
-        params = _mixture_log_fractions(params, hits.shape[1], generator)
-    elif share_params == 2:
-        mean, log_scale = params.chunk(2, dim=1)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        # in place: at batch 10,000 a layer's tensor is 10 MB, and each copy is another pass over memory
-        params = noise.mul_(log_scale.clamp(*LOG_SCALE_RANGE).exp_()).add_(mean)
-    return torch.softmax(params.masked_fill(~hits, -1e4), dim=1) * hits
+    p = torch.sigmoid(hit_logits.float())
+    u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+    hits = u < p
+    if share_params == 1:
+        log_fraction = params.float()
+    else:
+        v = u.div_(p).clamp_(max=1.0)  # uniform on [0, 1) given a hit: the pass that reuses u
+        if share_params == 2:
+            mean, log_scale = params.chunk(2, dim=1)
+        else:
+            logits, means, log_scales = params.unflatten(1, (3, -1, hits.shape[1])).unbind(1)  # (B, K, n)
+            component, v = _component_and_uniform(logits, v)
+            mean, log_scale = means.gather(1, component).squeeze(1), log_scales.gather(1, component).squeeze(1)
+        # the Gaussian by inversion: sqrt(2) erfinv(2 v - 1)
+        gauss = torch.erfinv(v.clamp_(_UNIFORM_FLOOR, 1.0 - _UNIFORM_FLOOR).mul_(2.0).sub_(1.0)).mul_(math.sqrt(2.0))
+        log_fraction = gauss.mul_(log_scale.clamp(*LOG_SCALE_RANGE).exp_()).add_(mean)
+    return torch.softmax(log_fraction.masked_fill(~hits, -1e4), dim=1).mul_(hits)
