@@ -403,8 +403,9 @@ _UNIFORM_FLOOR = 2.0**-24
 
 def _component_and_uniform(logits: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For cells whose mixture weights are ``softmax(logits)`` (B, K, n) and uniforms ``v`` (B, n):
-    the component k of each cell (B, n), the first whose cumulative weight exceeds v, and
-    (v - W_{k-1}) / w_k (B, n), again uniform on [0, 1) and independent of k."""
+    the component k of each cell (B, 1, n), the first whose cumulative weight exceeds v, ready to
+    gather the component's parameters, and (v - W_{k-1}) / w_k (B, n), again uniform on [0, 1) and
+    independent of k (``v`` is overwritten)."""
     weight = torch.softmax(logits, dim=1)
     upper = weight.cumsum(dim=1)
     component = (v.unsqueeze(1) >= upper).sum(1, keepdim=True).clamp_max(logits.shape[1] - 1)
