@@ -828,7 +828,7 @@ def compare_generation(cfg: dict, tensors: dict[str, torch.Tensor], repeats: int
         "softmax sharing, N(0, I) latent": Models(
             CaloVAE,
             {**cfg["model_args"], "sharing": "softmax", "sharing_components": 1, "latent_density": "normal",
-             "generation_dtype": "float32"},
+             "generation_dtype": "float32", "brightest_cell_layers": None, "flow_refit_epochs": 0},
             tensors,
             seed,
         ).new(),

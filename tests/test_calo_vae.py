@@ -880,3 +880,192 @@ def test_one_uniform_per_cell_draws_hit_component_and_gaussian_independently():
         z = (part - centre) / spread
         assert abs(float((z > 0.6745).float().mean()) - 0.25) < 0.01
         assert abs(float((z < -0.6745).float().mean()) - 0.25) < 0.01
+
+
+
+def test_brightest_cell_drawn_first_sits_where_its_location_says_and_holds_its_share():
+    """sample_cells_brightest_first: the brightest cell sits where the location probabilities say
+    (0.5 / 0.3 / 0.15 over three of six cells, empty 0.05), holds the share given to it (0.7 in
+    half the showers, 0.9 in the others) unless it is alone, the other cells are hit at their own
+    rate (0.5) and the layer sums to 1."""
+    from hepgen.nn.shower import sample_cells_brightest_first
+
+    n, cells = 100_000, 6
+    location = torch.tensor([0.5, 0.3, 0.15, 1e-9, 1e-9, 1e-9, 0.05]).log()[None].expand(n, -1)
+    share = torch.tensor([0.7, 0.9]).repeat(n // 2)[:, None]
+    params = torch.cat([torch.zeros(cells), torch.full((cells,), math.log(0.1))])[None].expand(n, -1)
+    shares = sample_cells_brightest_first(torch.zeros(n, cells), params, 2, location, share,
+                                          torch.Generator().manual_seed(0))  # fmt: skip
+    empty = shares.sum(1) == 0
+    assert abs(float(empty.float().mean()) - 0.05) < 0.003
+    torch.testing.assert_close(shares[~empty].sum(1), torch.ones(int((~empty).sum())))
+    top, where = shares[~empty].max(1)
+    frequency = torch.bincount(where, minlength=cells).float() / len(where)
+    torch.testing.assert_close(frequency, torch.tensor([0.5, 0.3, 0.15, 0, 0, 0]) / 0.95, rtol=0, atol=0.005)
+    others = (shares[~empty] > 0).sum(1) - 1
+    assert abs(float(others.float().mean()) - 2.5) < 0.02  # five other cells, each hit half the time
+    alone = others == 0
+    assert torch.equal(top[alone], torch.ones(int(alone.sum())))
+    torch.testing.assert_close(top[~alone], share[~empty][~alone, 0])
+
+
+def test_brightest_cell_nll_by_hand():
+    """-log p of where the brightest cells are: the location's cross-entropy (the class "none" for
+    an empty layer), with two ranks the next one's among the other cells, and the other cells'
+    fractions of what they leave, to be scored as any layer's. The hit cross-entropy leaves out the
+    cells drawn first and every cell of a layer that ran out of cells (the class "none" says it)."""
+    from hepgen.nn.shower import brightest_cell_nll
+
+    location = torch.tensor([1.0, 0.5, -1.0, 0.0, -2.0])  # 4 cells, then "none"
+    sharing = torch.tensor([[0.2, 0.7, 0.1, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    hit = sharing > 0
+    nll, rest, rest_hit, bce_weight = brightest_cell_nll(location[None].expand(3, -1), sharing, hit)
+    log_p = torch.log_softmax(location, 0)
+    torch.testing.assert_close(nll, -log_p[[1, 2, 4]])
+    torch.testing.assert_close(rest, torch.tensor([[2 / 3, 0.0, 1 / 3, 0.0], [0.0] * 4, [0.0] * 4]))
+    assert rest_hit.tolist() == [[True, False, True, False], [False] * 4, [False] * 4]
+    assert bce_weight.tolist() == [[1, 0, 1, 1], [1, 1, 0, 1], [0, 0, 0, 0]]
+    # two ranks: cell 1, then cell 0 among cells 0, 2, 3 and "none"; a lone cell, then "none"
+    nll, rest, rest_hit, bce_weight = brightest_cell_nll(location[None].expand(3, -1), sharing, hit, ranks=2)
+    after_1, after_2 = torch.log_softmax(location[[0, 2, 3, 4]], 0), torch.log_softmax(location[[0, 1, 3, 4]], 0)
+    torch.testing.assert_close(nll, torch.stack([-log_p[1] - after_1[0], -log_p[2] - after_2[3], -log_p[4]]))
+    torch.testing.assert_close(rest, torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0] * 4, [0.0] * 4]))
+    assert bce_weight.tolist() == [[0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_brightest_shares_round_trip_and_draws_stay_a_share():
+    """BrightestShares: the brightest cell's share of each chosen layer (0 for an empty layer) and,
+    with two ranks, the next one's share of what it leaves, standardised with statistics fitted on
+    training data and decoded back; a far draw of the head stays a share in (0, 1]."""
+    from hepgen.nn.shower import BrightestShares
+
+    layers = [torch.tensor([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 4.0]]), torch.tensor([[5.0], [1.0], [0.0]])]
+    torch.testing.assert_close(BrightestShares(2, ranks=2).shares(layers),
+                               torch.tensor([[0.75, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0], [4 / 7, 2 / 3, 0.0, 0.0]]))
+    summary = BrightestShares(2)
+    expected = torch.tensor([[0.75, 1.0], [0.0, 1.0], [4 / 7, 0.0]])
+    torch.testing.assert_close(summary.shares(layers), expected)
+    summary.fit(layers)
+    torch.testing.assert_close(summary(layers).mean(0), torch.zeros(2), rtol=0, atol=1e-6)
+    torch.testing.assert_close(summary.decode(summary(layers)), expected.clamp_min(1e-3))
+    drawn = summary.decode(torch.tensor([[-50.0, 50.0]]))
+    assert 0 < float(drawn.min()) and float(drawn.max()) <= 1
+
+
+def test_brightest_cell_layers_options_are_checked():
+    with pytest.raises(ValueError, match="brightest_cell_layers: 'layer_3' is not a layer"):
+        CaloVAE(sharing="lognormal", cells_given_energies=True, brightest_cell_layers=["layer_3"])
+    with pytest.raises(ValueError, match="brightest_cell_layers needs sharing: lognormal"):
+        CaloVAE(cells_given_energies=True, brightest_cell_layers=["layer_2"])
+    with pytest.raises(ValueError, match="brightest_cell_layers needs cells_given_energies: true"):
+        CaloVAE(sharing="lognormal", brightest_cell_layers=["layer_2"])
+    with pytest.raises(ValueError, match="brightest_cells=0: draw at least 1"):
+        CaloVAE(sharing="lognormal", cells_given_energies=True, brightest_cell_layers=["layer_2"], brightest_cells=0)
+
+
+def test_brightest_cell_first_gives_the_layer_one_particle_brought():
+    """Known truth: one shower particle (log-energy N(0, 0.3)) lands in one of four cells, a coin
+    toss, and soft photons (N(-4, 0.5)) fill all eight. Fitted by maximum likelihood, cells drawn
+    independently (a mixture of two Gaussians each) light up zero, two or three bright cells as
+    often as one, and the two brightest cells' E_ratio is far off; the brightest cell drawn first
+    (holding the share of another shower's brightest cell: the summary head's draw when it is
+    right) and the others for the rest give it back."""
+    from hepgen.metrics import ks_statistic
+    from hepgen.nn.shower import brightest_cell_nll, sample_cells_brightest_first, shift_marginal_sharing_nll
+    from hepgen.physics.calo_observables import brightest_cell_ratio
+
+    gen = torch.Generator().manual_seed(0)
+    n_events, cells = 3000, 8
+    particle = torch.randint(0, 4, (n_events, 1), generator=gen)
+    log_energy = (-4.0 + 0.5 * torch.randn(n_events, cells, generator=gen)).scatter(
+        1, particle, 0.3 * torch.randn(n_events, 1, generator=gen))  # fmt: skip
+    sharing, hits = torch.softmax(log_energy, 1), torch.ones(n_events, cells, dtype=torch.bool)
+    real_ratio = brightest_cell_ratio(sharing[:, None].numpy())
+    always = torch.full((n_events, cells), math.inf)
+
+    def fit(nll, size: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        params = torch.nn.Parameter(0.1 * torch.randn(1, size))
+        optimizer = torch.optim.Adam([params], lr=0.1)
+        for _ in range(250):
+            loss = nll(params.expand(n_events, -1)).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return params.detach().expand(n_events, -1)
+
+    independent = fit(lambda p: shift_marginal_sharing_nll(p, sharing, hits, 2), 6 * cells)
+    drawn = sample_cells(always, independent, 6, torch.Generator().manual_seed(1))
+    ks_independent = ks_statistic(real_ratio, brightest_cell_ratio(drawn[:, None].numpy()))
+
+    def brightest_first_nll(p: torch.Tensor) -> torch.Tensor:
+        rest_params, location = p.split([2 * cells, cells + 1], dim=1)
+        nll, rest, rest_hit, _ = brightest_cell_nll(location, sharing, hits)
+        return nll + shift_marginal_sharing_nll(rest_params, rest, rest_hit, 1)
+
+    rest_params, location = fit(brightest_first_nll, 3 * cells + 1).split([2 * cells, cells + 1], dim=1)
+    top = sharing.max(1).values
+    share = top[torch.randperm(n_events, generator=gen)][:, None]  # the shares of other showers
+    drawn = sample_cells_brightest_first(always, rest_params, 2, location, share, torch.Generator().manual_seed(1))
+    ks_first = ks_statistic(real_ratio, brightest_cell_ratio(drawn[:, None].numpy()))
+    assert ks_first < 0.05 < 0.2 < ks_independent
+
+
+def test_summary_mixture_density_and_draws():
+    """gaussian_mixture_nll is the mixture's density (against torch.distributions), and
+    sample_gaussian_mixture draws each component with its weight, mean and spread."""
+    from hepgen.nn.shower import gaussian_mixture_nll, sample_gaussian_mixture
+
+    gen = torch.Generator().manual_seed(0)
+    logits, mean, log_scale = torch.randn(3, 4, 3, 2, generator=gen) * torch.tensor([1.0, 1.0, 0.5]).view(3, 1, 1, 1)
+    y = torch.randn(4, 2, generator=gen)
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits.transpose(1, 2)),
+        torch.distributions.Normal(mean.transpose(1, 2), log_scale.exp().transpose(1, 2)),
+    )
+    torch.testing.assert_close(gaussian_mixture_nll(logits, mean, log_scale, y), -mixture.log_prob(y))
+    n = 100_000
+    weights = torch.tensor([0.5, 0.3, 0.2])
+    params = [weights.log(), torch.tensor([-5.0, 0.0, 5.0]), torch.tensor([0.5, 0.2, 0.5]).log()]
+    drawn = sample_gaussian_mixture(*(p.view(1, 3, 1).expand(n, 3, 1) for p in params), gen)[:, 0]
+    for part, weight, centre, spread in zip((drawn < -2.5, drawn.abs() < 2.5, drawn > 2.5), weights,
+                                            (-5.0, 0.0, 5.0), (0.5, 0.2, 0.5)):  # fmt: skip
+        assert abs(float(part.float().mean()) - weight) < 0.005
+        assert abs(float(drawn[part].mean()) - centre) < 0.02
+        assert abs(float(drawn[part].std()) / spread - 1) < 0.03
+
+
+def test_brightest_cell_layers_generate_the_drawn_layer_energy_and_brightest_share():
+    """With the two brightest cells of layers 1 and 2 drawn first, generate replays: each layer holds
+    the energy drawn for it, one of its cells the share drawn for the brightest and another the
+    second's share of the rest (where a third cell is hit too); layer 0, drawn cell by cell, keeps
+    its energy."""
+    from hepgen.nn.shower import sample_gaussian_mixture
+
+    torch.manual_seed(0)
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16, sharing="lognormal", cells_given_energies=True,
+                    brightest_cell_layers=["layer_1", "layer_2"], brightest_cells=2)  # fmt: skip
+    showers = {k: torch.from_numpy(v) for k, v in simulate_showers(300, seed=4).items()}
+    model.representation.fit([showers[k].flatten(1) for k in LAYER_KEYS], showers["energy"])
+    model.brightest_shares.fit([showers[k].flatten(1) for k in ("layer_1", "layer_2")])
+    energy = torch.full((300, 1), 50.0)
+    out = model.generate(energy, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn((300, 4), generator=gen)
+    with torch.no_grad():
+        h, e_mean, e_log_var = model.decoder.energies(z, model._condition({"energy": energy}))
+        y = e_mean + torch.exp(0.5 * e_log_var) * torch.randn(e_mean.shape, generator=gen)
+        shares = model.brightest_shares.decode(sample_gaussian_mixture(*model.decoder.summary_mixture(h), gen))
+    expected = model.representation.decode_energies(y, energy)
+    for i, key in enumerate(LAYER_KEYS):
+        cells = out[key].flatten(1)
+        hit_any = cells.sum(1) > 0
+        torch.testing.assert_close(cells.sum(1)[hit_any], expected[hit_any, i], rtol=1e-5, atol=1e-3)
+        if key != "layer_0":
+            several = (cells > 0).sum(1) > 2
+            assert several.sum() > 100
+            # (untrained, another cell may hold more than the drawn ones: nothing forces them below)
+            fractions = cells[several] / cells[several].sum(1, keepdim=True)
+            first, second = shares[several, 2 * i - 2 : 2 * i].unbind(1)
+            for share in (first, second * (1 - first)):
+                assert float((fractions - share[:, None]).abs().min(1).values.max()) < 1e-6

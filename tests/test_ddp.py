@@ -143,10 +143,13 @@ def calo_single(calogan_dir, tmp_path_factory) -> dict:
 
 
 #: CaloVAE with the fluctuating sharing and the learnt latent density (its flow trains on the codes
-#: and, with no warm-up, is refitted to them after the epoch's last step)
+#: and, with no warm-up, is refitted to them after the epoch's last step), layer 2's two brightest
+#: cells drawn first as in the quickstart
 CALO_FLOW = ["--model.init_args.sharing", "lognormal", "--model.init_args.latent_density", "flow",
              "--model.init_args.flow_transforms", "2", "--model.init_args.flow_hidden", "16",
-             "--model.init_args.flow_refit_epochs", "2", "--model.init_args.kl_warmup_steps", "0"]  # fmt: skip
+             "--model.init_args.flow_refit_epochs", "2", "--model.init_args.kl_warmup_steps", "0",
+             "--model.init_args.cells_given_energies", "true", "--model.init_args.brightest_cell_layers", "[layer_2]",
+             "--model.init_args.brightest_cells", "2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -314,8 +317,8 @@ def test_calo_vae_two_ranks_reach_the_weights_of_one_process(calo_ddp, calo_sing
 
 def test_calo_vae_with_flow_prior_two_ranks_reach_the_weights_of_one_process(calo_flow_runs):
     """The flow fitted to the codes (and refitted to them after the epoch, on every rank) and the
-    log-normal sharing add no per-rank state: the ranks stay identical and match one process with
-    twice the batch, flow weights included."""
+    log-normal sharing with layer 2's brightest cells drawn first add no per-rank state: the ranks
+    stay identical and match one process with twice the batch, flow weights included."""
     (rank0, rank1), (one,) = calo_flow_runs["ddp"], calo_flow_runs["single"]
     assert all(torch.equal(v, rank1["state_dict"][k]) for k, v in rank0["state_dict"].items())
     flow = [k for k in one["state_dict"] if k.startswith("latent_flow.") and one["state_dict"][k].is_floating_point()]

@@ -11,10 +11,12 @@ from shower to shower, as real showers do), in chosen layers a mixture of log-no
 (``sharing_components``: a cell lit by soft photons only or by a shower particle); the fractions are
 scored as the cells' log-energies or with their normalisation integrated out (``sharing_shift``).
 With ``cells_given_energies`` the hit cells and their sharing are drawn given the layer energies
-drawn first, and with ``cells_given_centroids`` given the chosen layers' centres as well. The loss
-per shower is
+drawn first, and with ``cells_given_centroids`` given the chosen layers' centres as well; in the
+``brightest_cell_layers`` the shares of the brightest cells are drawn with them (a mixture of
+Gaussians each), then where those cells are, then the other cells for the rest. The loss per shower is
 
-    L = NLL_energy [+ NLL_centre] + BCE_hits + NLL_sharing + beta(step) * sum_d max(KL_d, free_bits)
+    L = NLL_energy [+ NLL_centre + NLL_brightest_share] + BCE_hits + NLL_sharing
+        + beta(step) * sum_d max(KL_d, free_bits)
 
 with ``beta`` from :func:`hepgen.models.kl_schedule.kl_weight`. The best checkpoint is chosen by
 ``val/objective``, L at the final beta (``kl_beta_max``): what training minimises once the warm-up
@@ -44,8 +46,10 @@ from hepgen.models.seeding import reseed_for_rank
 from hepgen.models.kl_schedule import KLScheduleName, kl_weight
 from hepgen.nn.flows import ConditionalCouplingFlow
 from hepgen.nn.shower import (
-    LayerCentroids, LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation, condition_features,
-    lognormal_mixture_sharing_nll, lognormal_sharing_nll, sample_cells, shift_marginal_sharing_nll,
+    BrightestShares, LayerCentroids, LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation,
+    brightest_cell_nll, condition_features, gaussian_mixture_nll,
+    lognormal_mixture_sharing_nll, lognormal_sharing_nll, sample_cells, sample_cells_brightest_first,
+    sample_gaussian_mixture, shift_marginal_sharing_nll,
 )  # fmt: skip
 from hepgen.physics.calo_geometry import LAYER_SHAPES
 
@@ -53,6 +57,9 @@ from hepgen.physics.calo_geometry import LAYER_SHAPES
 #: 10 MB per layer, and each element-wise step is a pass through main memory; in chunks of 4,096 more
 #: of it stays in cache (at one thread 15-20 % more showers/s at batch 10,000, at two 0-4 %).
 CPU_GENERATION_CHUNK = 4096
+#: Gaussians in the mixture a brightest cell's share is drawn from: a layer reached by one shower
+#: particle, by two, or by soft photons only (CaloGAN's last layer: shares near 0.9, 0.5 and below 0.4).
+BRIGHTEST_SHARE_COMPONENTS = 3
 #: Showers per batch when the latent flow is refitted to the encoder's codes (:meth:`CaloVAE.refit_latent_flow`).
 FLOW_REFIT_BATCH = 1024
 
@@ -77,6 +84,25 @@ def _components_per_layer(components: int | list[int], sharing: str, layer_keys:
             f"model sharing_components={components} needs sharing: lognormal (a softmax has no per-cell noise)."
         )
     return counts
+
+
+def _brightest_cell_layers(keys: list[str], layer_keys: tuple[str, ...], sharing: str, given_energies: bool):
+    """``brightest_cell_layers`` checked against the layers and the options: the chosen keys in layer order."""
+    for key in keys:
+        if key not in layer_keys:
+            raise ConfigValueError(
+                f"model brightest_cell_layers: {key!r} is not a layer; the layers are {', '.join(layer_keys)}."
+            )
+    if keys and sharing != "lognormal":
+        raise ConfigValueError(
+            "model brightest_cell_layers needs sharing: lognormal (a softmax has no per-cell noise)."
+        )
+    if keys and not given_energies:
+        raise ConfigValueError(
+            "model brightest_cell_layers needs cells_given_energies: true (the brightest cell's share is drawn "
+            "with the layer energies, before the cells)."
+        )
+    return [key for key in layer_keys if key in keys]
 
 
 def _centroid_layers(keys: list[str], shapes: dict[str, tuple[int, ...]], given_energies: bool) -> list[str]:
@@ -134,6 +160,14 @@ class CaloVAE(LightningModule):
         cells_given_centroids: layers (keys of ``layer_shapes``, each a grid of rows and columns)
             whose energy-weighted centre is drawn with the layer energies and given to the cells
             (:class:`~hepgen.nn.shower.LayerCentroids`); needs ``cells_given_energies``.
+        brightest_cell_layers: layers (keys of ``layer_shapes``) whose brightest cells come first:
+            their shares are drawn with the layer energies, each from a mixture of
+            ``BRIGHTEST_SHARE_COMPONENTS`` Gaussians (:class:`~hepgen.nn.shower.BrightestShares`),
+            then where they are, then the other cells for the rest
+            (:func:`~hepgen.nn.shower.brightest_cell_nll`); for a layer whose energy often comes from
+            one or two shower particles. Needs ``sharing: lognormal`` and ``cells_given_energies``.
+        brightest_cells: how many of the brightest cells of the ``brightest_cell_layers`` are drawn
+            first, each with its share of what the ones before it left (1 or more).
         generation_dtype: the precision of the decoder's layer branches when showers are generated
             (in :meth:`generate`, and so in the evaluation and ``predict``; training stays float32):
             ``bfloat16`` runs those matrix products, most of generation's arithmetic, twice as fast
@@ -167,6 +201,8 @@ class CaloVAE(LightningModule):
         flow_refit_epochs: int = 0,
         cells_given_energies: bool = False,
         cells_given_centroids: list[str] | None = None,
+        brightest_cell_layers: list[str] | None = None,
+        brightest_cells: int = 1,
         layer_shapes: dict[str, list[int]] | None = None,
         generation_dtype: GenerationDtypeName = "float32",
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -204,10 +240,20 @@ class CaloVAE(LightningModule):
         self.centroids = (
             LayerCentroids([self.layer_shapes[k] for k in self.centroid_keys]) if self.centroid_keys else None
         )
-        extra_summaries = 2 * len(self.centroid_keys)
+        self.brightest_keys = _brightest_cell_layers(
+            brightest_cell_layers or [], self.layer_keys, sharing, cells_given_energies
+        )
+        if brightest_cells < 1:
+            raise ConfigValueError(f"model brightest_cells={brightest_cells}: draw at least 1 cell first.")
+        n_shares = len(self.brightest_keys) * brightest_cells
+        self.brightest_shares = BrightestShares(len(self.brightest_keys), brightest_cells) if n_shares else None
+        extra_summaries = 2 * len(self.centroid_keys) + n_shares
+        # a brightest-first layer's branch gives where its brightest cells are: n + 1 logits
+        brightest_outputs = [n + 1 if key in self.brightest_keys else 0 for n, key in zip(cells, self.layer_keys)]
         self.encoder = LayerwiseEncoder(cells, cond_dim, latent_dim, hidden, branch)
         self.decoder = LayerwiseDecoder(
-            cells, cond_dim, latent_dim, hidden, branch, self.share_params, cells_given_energies, extra_summaries
+            cells, cond_dim, latent_dim, hidden, branch, self.share_params, cells_given_energies, extra_summaries,
+            brightest_outputs, n_shares, BRIGHTEST_SHARE_COMPONENTS,
         )
         self.latent_flow = (
             ConditionalCouplingFlow(latent_dim, cond_dim, flow_transforms, flow_hidden) if latent_density == "flow" else None
@@ -217,9 +263,16 @@ class CaloVAE(LightningModule):
     def _cells(self, batch: dict) -> list[torch.Tensor]:
         return [batch[k].flatten(1) for k in self.layer_keys]
 
-    def _centres(self, batch: dict) -> torch.Tensor:
-        """Standardised centres (B, 2 k) of the ``cells_given_centroids`` layers of ``batch``."""
-        return self.centroids([batch[k].flatten(1) for k in self.centroid_keys])
+    def _summaries(self, batch: dict, energies: torch.Tensor) -> torch.Tensor:
+        """What the cells are drawn for, standardised (B, L + 2 k + b): the layer energies (B, L)
+        given, then the centres of the ``cells_given_centroids`` layers of ``batch`` and the
+        brightest cells' shares of the ``brightest_cell_layers``."""
+        parts = [energies]
+        if self.centroids is not None:
+            parts.append(self.centroids([batch[k].flatten(1) for k in self.centroid_keys]))
+        if self.brightest_shares is not None:
+            parts.append(self.brightest_shares([batch[k].flatten(1) for k in self.brightest_keys]))
+        return torch.cat(parts, dim=1)
 
     def _condition(self, batch: dict) -> torch.Tensor:
         particle = batch.get("particle")
@@ -234,6 +287,8 @@ class CaloVAE(LightningModule):
                 raise RuntimeError("CaloVAE without a datamodule: call model.representation.fit(...) first.")
             if self.centroids is not None and not bool(self.centroids.fitted):
                 raise RuntimeError("CaloVAE without a datamodule: call model.centroids.fit(...) first.")
+            if self.brightest_shares is not None and not bool(self.brightest_shares.fitted):
+                raise RuntimeError("CaloVAE without a datamodule: call model.brightest_shares.fit(...) first.")
             if self.hparams.flow_refit_epochs:
                 raise RuntimeError(
                     "CaloVAE flow_refit_epochs refits on the datamodule's training sample: give a datamodule."
@@ -253,6 +308,8 @@ class CaloVAE(LightningModule):
             self.representation.fit(cells, data["energy"].to(self.device))
         if self.centroids is not None and not bool(self.centroids.fitted):
             self.centroids.fit([data[k].flatten(1).to(self.device) for k in self.centroid_keys])
+        if self.brightest_shares is not None and not bool(self.brightest_shares.fitted):
+            self.brightest_shares.fit([data[k].flatten(1).to(self.device) for k in self.brightest_keys])
 
     def on_train_start(self) -> None:
         reseed_for_rank(self.trainer)  # each DDP rank its own reparametrisation noise
@@ -272,38 +329,47 @@ class CaloVAE(LightningModule):
         sharing, mean, log_var = self._encode(cells, energies, cond)
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * log_var) * eps
-        summaries = energies if self.centroids is None else torch.cat([energies, self._centres(batch)], dim=1)
+        summaries = self._summaries(batch, energies)
         # the cells are scored given the shower's own layer energies (and centres; teacher forcing);
         # generation draws these first and the cells for them
-        e_mean, e_log_var, hit_logits, share_params = self.decoder(z, cond, summaries)
+        h, e_mean, e_log_var = self.decoder.energies(z, cond)
+        hit_logits, share_params = self.decoder.cells(h, summaries)
 
-        nll_summaries = 0.5 * (e_log_var + (summaries - e_mean) ** 2 / e_log_var.exp())
-        nll_energy = nll_summaries[:, : len(self.layer_keys)].sum(1)
-        nll_centre = nll_summaries[:, len(self.layer_keys) :].sum(1)
-        bce_hits = sum(
-            nn.functional.binary_cross_entropy_with_logits(hl, (x > 0).to(hl.dtype), reduction="none").sum(1)
-            for hl, x in zip(hit_logits, cells)
+        energies_and_centres, shares = summaries.split([e_mean.shape[1], self._summary_sizes()[2]], dim=1)
+        nll_summaries = 0.5 * (e_log_var + (energies_and_centres - e_mean) ** 2 / e_log_var.exp())
+        nll_energy, nll_centre = (part.sum(1) for part in nll_summaries.split(self._summary_sizes()[:2], dim=1))
+        nll_brightest_share = (
+            gaussian_mixture_nll(*self.decoder.summary_mixture(h), shares).sum(1)
+            if self.brightest_keys
+            else torch.zeros_like(nll_energy)
         )
-        # Sharing among the cells that are really hit; empty layers contribute 0.
-        if self.hparams.sharing == "softmax":  # a categorical: the cross-entropy of the fractions
-            nll_sharing = sum(
-                -(s * torch.log_softmax(sl.masked_fill(x <= 0, -1e4), 1)).sum(1)
-                for sl, s, x in zip(share_params, sharing, cells)
-            )
-        else:
-            nll_sharing = sum(
-                self._sharing_nll(sp, s, x > 0, k)
-                for sp, s, x, k in zip(share_params, sharing, cells, self.sharing_components)
-            )
+        bce_hits = nll_sharing = 0.0
+        per_layer = zip(
+            self.layer_keys, hit_logits, share_params, sharing, cells, self.share_params, self.sharing_components
+        )
+        for key, hl, sp, s, x, p, k in per_layer:
+            hit, bce_weight = x > 0, 1.0
+            if key in self.brightest_keys:  # the brightest cell's location first, the other cells for the rest
+                sp, location = sp.split([p * x.shape[1], x.shape[1] + 1], dim=1)
+                nll_location, s, hit, bce_weight = brightest_cell_nll(location, s, hit, self.hparams.brightest_cells)
+                nll_sharing = nll_sharing + nll_location
+            bce = nn.functional.binary_cross_entropy_with_logits(hl, (x > 0).to(hl.dtype), reduction="none")
+            bce_hits = bce_hits + (bce * bce_weight).sum(1)
+            # sharing among the cells that are really hit; empty layers contribute 0
+            if self.hparams.sharing == "softmax":  # a categorical: the cross-entropy of the fractions
+                nll_sharing = nll_sharing - (s * torch.log_softmax(sp.masked_fill(~hit, -1e4), 1)).sum(1)
+            else:
+                nll_sharing = nll_sharing + self._sharing_nll(sp, s, hit, k)
         kl_per_dim = 0.5 * (mean**2 + log_var.exp() - 1.0 - log_var)  # (B, latent_dim)
         kl_floored = kl_per_dim.mean(0).clamp_min(self.hparams.free_bits).sum()
-        recon = (nll_energy + nll_centre + bce_hits + nll_sharing).mean()
+        recon = (nll_energy + nll_centre + nll_brightest_share + bce_hits + nll_sharing).mean()
         kl = kl_per_dim.sum(1).mean()
         terms = {
             "nll_energy": nll_energy.mean(),
             "bce_hits": bce_hits.mean(),
             "nll_sharing": nll_sharing.mean(),
             **({} if self.centroids is None else {"nll_centre": nll_centre.mean()}),
+            **({} if self.brightest_shares is None else {"nll_brightest_share": nll_brightest_share.mean()}),
             "kl": kl,
             "kl_floored": kl_floored,
             "neg_elbo": recon + kl,
@@ -316,6 +382,11 @@ class CaloVAE(LightningModule):
             if self.training:
                 self._widen_code_support(z.detach())
         return terms
+
+    def _summary_sizes(self) -> list[int]:
+        """How many of the summaries are layer energies, centres and brightest shares."""
+        shares = len(self.brightest_keys) * self.hparams.brightest_cells
+        return [len(self.layer_keys), 2 * len(self.centroid_keys), shares]
 
     def _sharing_nll(self, params: torch.Tensor, sharing: torch.Tensor, hit: torch.Tensor, components: int):
         """-log p (B,) of one layer's log-normal sharing (see ``sharing_shift``): ``params``
@@ -438,13 +509,25 @@ class CaloVAE(LightningModule):
         h, e_mean, e_log_var = self.decoder.energies(z, cond)
         noise = torch.randn(e_mean.shape, generator=generator, device=self.device)
         summaries = e_mean + torch.exp(0.5 * e_log_var) * noise  # layer energies, then any centres
+        if self.brightest_keys:  # and the brightest cells' shares
+            summaries = torch.cat([summaries, sample_gaussian_mixture(*self.decoder.summary_mixture(h), generator)], 1)
         bfloat16 = self.hparams.generation_dtype == "bfloat16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bfloat16):
             hit_logits, share_params = self.decoder.cells(h, summaries)
-        layer_energy = self.representation.decode_energies(summaries[:, : len(self.layer_keys)], energy_gev)
+        energies, _, brightest = summaries.split(self._summary_sizes(), dim=1)
+        layer_energy = self.representation.decode_energies(energies, energy_gev)
+        if self.brightest_shares is not None:
+            brightest = self.brightest_shares.decode(brightest)
         showers = {}
         for i, (key, shape) in enumerate(self.layer_shapes.items()):
-            share = sample_cells(hit_logits[i], share_params[i], self.share_params[i], generator)
+            p, sp, n = self.share_params[i], share_params[i], hit_logits[i].shape[1]
+            if key in self.brightest_keys:
+                sp, location = sp.split([p * n, n + 1], dim=1)
+                r = self.hparams.brightest_cells
+                j = self.brightest_keys.index(key) * r
+                share = sample_cells_brightest_first(hit_logits[i], sp, p, location, brightest[:, j : j + r], generator)
+            else:
+                share = sample_cells(hit_logits[i], sp, p, generator)
             showers[key] = share.mul_(layer_energy[:, i : i + 1]).reshape(-1, *shape)
         return showers
 

@@ -5,7 +5,10 @@ honestly rather than through a soft penalty:
 
 * layer energies ``E_l`` as standardised ``y_l = log(E_l / E_inc + eps)`` (Gaussian head),
 * which cells are hit (``x > 0``; Bernoulli head per cell),
-* how the layer energy is shared among the hit cells (a softmax over hit cells).
+* how the layer energy is shared among the hit cells (a softmax over hit cells, or log-normal
+  fractions per cell, :func:`sample_cells`),
+* in chosen layers, first the brightest cells: their shares, then where they are
+  (:func:`brightest_cell_nll`), the other cells sharing the rest.
 
 Decoding multiplies the three, so each generated layer holds exactly its sampled energy and
 exactly its sampled set of hit cells. Cell energies are in MeV, incident energies in GeV.
@@ -178,7 +181,11 @@ class LayerwiseDecoder(nn.Module):
     last CaloGAN layer, 0.1 % of the shower, whether a shower particle reached it at all.
     ``extra_summaries`` more per-shower numbers (the layers' centres, :class:`LayerCentroids`) are
     drawn with the energies by the same head and seen by the branches the same way: the head's
-    output is then (B, L + extra_summaries) each, energies first.
+    output is then (B, L + extra_summaries) each, energies first; the ``mixture_summaries`` last of
+    them are drawn instead from a mixture of ``summary_components`` Gaussians each
+    (:meth:`summary_mixture`), for a summary whose values gather in separate modes, and the head
+    leaves them out. ``extra_outputs`` (one count per layer) more outputs of a layer's branch follow
+    its sharing parameters (the location logits of :func:`brightest_cell_nll`).
     """
 
     def __init__(
@@ -191,6 +198,9 @@ class LayerwiseDecoder(nn.Module):
         share_params: int | list[int] = 1,
         given_energies: bool = False,
         extra_summaries: int = 0,
+        extra_outputs: list[int] | None = None,
+        mixture_summaries: int = 0,
+        summary_components: int = 3,
     ) -> None:
         super().__init__()
         if extra_summaries and not given_energies:
@@ -198,12 +208,18 @@ class LayerwiseDecoder(nn.Module):
         self.layer_cells = list(layer_cells)
         self.share_params = [share_params] * len(layer_cells) if isinstance(share_params, int) else list(share_params)
         self.given_energies = given_energies
+        # more parameters per shower appended to a layer's sharing parameters (a brightest-cell head)
+        self.extra_outputs = list(extra_outputs or [0] * len(layer_cells))
         n_summaries = len(layer_cells) + extra_summaries
         self.trunk = mlp([latent_dim + cond_dim, hidden, hidden], final_activation=True)
-        self.energy_head = nn.Linear(hidden, 2 * n_summaries)
+        self.energy_head = nn.Linear(hidden, 2 * (n_summaries - mixture_summaries))
+        # the last summaries, each a mixture of Gaussians (weight logits, means, log-scales)
+        self.summary_components = summary_components
+        self.mixture_head = nn.Linear(hidden, 3 * summary_components * mixture_summaries) if mixture_summaries else None
         branch_in = hidden + (n_summaries if given_energies else 0)
         self.branches = nn.ModuleList(
-            mlp([branch_in, branch, (1 + p) * n]) for n, p in zip(layer_cells, self.share_params)
+            mlp([branch_in, branch, (1 + p) * n + extra])
+            for n, p, extra in zip(layer_cells, self.share_params, self.extra_outputs)
         )
 
     def energies(self, z: torch.Tensor, cond: torch.Tensor):
@@ -213,6 +229,11 @@ class LayerwiseDecoder(nn.Module):
         e_mean, e_log_var = self.energy_head(h).chunk(2, dim=1)
         return h, e_mean, e_log_var.clamp(-10.0, 5.0)
 
+    def summary_mixture(self, h: torch.Tensor):
+        """The weight logits, means and log-scales (B, K, m) of the ``mixture_summaries`` last
+        summaries, each a mixture of K = ``summary_components`` Gaussians, from the trunk's features."""
+        return self.mixture_head(h).unflatten(1, (3, self.summary_components, -1)).unbind(1)
+
     def cells(self, h: torch.Tensor, energies: torch.Tensor | None = None):
         """Per layer the hit logits (B, n_l) and sharing parameters, given the trunk's features and,
         with ``given_energies``, the standardised layer energies (B, L) the cells are drawn for."""
@@ -221,7 +242,8 @@ class LayerwiseDecoder(nn.Module):
                 raise ValueError("this decoder draws the cells given the layer energies: pass energies (B, L).")
             h = torch.cat([h, energies], dim=1)
         heads = [
-            b(h).split([n, p * n], dim=1) for b, n, p in zip(self.branches, self.layer_cells, self.share_params)
+            b(h).split([n, p * n + extra], dim=1)
+            for b, n, p, extra in zip(self.branches, self.layer_cells, self.share_params, self.extra_outputs)
         ]
         return [hl for hl, _ in heads], [sp for _, sp in heads]
 
@@ -414,6 +436,32 @@ def _component_and_uniform(logits: torch.Tensor, v: torch.Tensor) -> tuple[torch
     return component, v.sub_(low).div_(w).clamp_(0.0, 1.0)
 
 
+def _gaussian_from_uniform(v: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws from uniforms ``v`` on [0, 1) by inversion, in place."""
+    # sqrt(2) erfinv(2 v - 1), which is torch.special.ndtri(v); ndtri takes 3.6 times as long on
+    # CPU (37 against 10 ms for 10,000 CaloGAN showers' cells, 2 threads)
+    return torch.erfinv(v.clamp_(_UNIFORM_FLOOR, 1.0 - _UNIFORM_FLOOR).mul_(2.0).sub_(1.0)).mul_(math.sqrt(2.0))
+
+
+def gaussian_mixture_nll(logits: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, y: torch.Tensor):
+    """-log p (B, m) nats of values ``y`` (B, m), each from a mixture of K Gaussians with weight
+    logits, means and log-scales (B, K, m)."""
+    log_scale = clamp_pulling_back(log_scale, *LOG_SCALE_RANGE)
+    log_density = -0.5 * ((y.unsqueeze(1) - mean) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * LOG_2PI
+    return -torch.logsumexp(torch.log_softmax(logits, dim=1) + log_density, dim=1)
+
+
+def sample_gaussian_mixture(
+    logits: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draws (B, m) from the mixtures of :func:`gaussian_mixture_nll`, one uniform each (the component
+    by the cumulative weights, the Gaussian by inversion, as :func:`sample_cells`)."""
+    v = torch.rand(mean[:, 0].shape, generator=generator, device=mean.device)
+    component, v = _component_and_uniform(logits.float(), v)
+    scale = log_scale.float().gather(1, component).squeeze(1).clamp(*LOG_SCALE_RANGE).exp()
+    return _gaussian_from_uniform(v).mul_(scale).add_(mean.float().gather(1, component).squeeze(1))
+
+
 def sample_cells(
     hit_logits: torch.Tensor,
     params: torch.Tensor,
@@ -451,8 +499,130 @@ def sample_cells(
             logits, means, log_scales = params.unflatten(1, (3, -1, hits.shape[1])).unbind(1)  # (B, K, n)
             component, v = _component_and_uniform(logits, v)
             mean, log_scale = means.gather(1, component).squeeze(1), log_scales.gather(1, component).squeeze(1)
-        # the Gaussian by inversion: sqrt(2) erfinv(2 v - 1), which is torch.special.ndtri(v); ndtri
-        # takes 3.6 times as long on CPU (37 against 10 ms for 10,000 CaloGAN showers' cells, 2 threads)
-        gauss = torch.erfinv(v.clamp_(_UNIFORM_FLOOR, 1.0 - _UNIFORM_FLOOR).mul_(2.0).sub_(1.0)).mul_(math.sqrt(2.0))
-        log_fraction = gauss.mul_(log_scale.clamp(*LOG_SCALE_RANGE).exp_()).add_(mean)
+        log_fraction = _gaussian_from_uniform(v).mul_(log_scale.clamp(*LOG_SCALE_RANGE).exp_()).add_(mean)
     return torch.softmax(log_fraction.masked_fill(~hits, -1e4), dim=1).mul_(hits)
+
+
+# --- the brightest cells, drawn first -------------------------------------------------------------
+class BrightestShares(nn.Module):
+    """What the brightest cells of chosen layers hold, standardised (B, k r): for each layer the
+    brightest cell's share of the layer energy, then the next one's share of what is left, and so
+    on for ``ranks`` cells; 0 where a layer has no cell left.
+
+    Drawn with the layer energies and given to the cells, like :class:`LayerCentroids`: in CaloGAN's
+    last layer a shower with energy there holds one particle (brightest share 0.8-0.95, the rest
+    soft photons spread thinly), two (0.4-0.6, and a second cell holding most of the rest) or none
+    (below 0.4), and which it is decides how the other cells share the rest. Statistics are buffers
+    fitted once on training data (:meth:`fit`).
+
+    Args:
+        layers: number of layers described; ranks: brightest cells per layer.
+    """
+
+    def __init__(self, layers: int, ranks: int = 1) -> None:
+        super().__init__()
+        self.ranks = ranks
+        self.register_buffer("s_mean", torch.zeros(layers * ranks))
+        self.register_buffer("s_std", torch.ones(layers * ranks))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def shares(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """Unstandardised shares (B, k r), layer by layer, from the layers' cells (B, n_l) in any unit."""
+        shares = []
+        for x in layers:
+            left = ShowerRepresentation.sharing_fractions(x)
+            for _ in range(self.ranks):
+                top, cell = left.max(1, keepdim=True)
+                shares.append(top.squeeze(1))
+                left = ShowerRepresentation.sharing_fractions(left.scatter(1, cell, 0.0))
+        return torch.stack(shares, dim=1)
+
+    @torch.no_grad()
+    def fit(self, layers: list[torch.Tensor]) -> None:
+        s = self.shares(layers)
+        self.s_mean.copy_(s.mean(0))
+        self.s_std.copy_(s.std(0).clamp_min(1e-3))
+        self.fitted.fill_(True)
+
+    def forward(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """Standardised shares, (B, k r)."""
+        return (self.shares(layers) - self.s_mean) / self.s_std
+
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        """Shares (B, k r) in (0, 1] from standardised values (B, k r) drawn by the decoder."""
+        return (y * self.s_std + self.s_mean).clamp(1e-3, 1.0)
+
+
+def brightest_cell_nll(location: torch.Tensor, sharing: torch.Tensor, hit: torch.Tensor, ranks: int = 1):
+    """-log p (B,) nats of where a layer's brightest cells are, and the cells left for the rest.
+
+    Independent cells cannot make a layer whose energy one or two shower particles brought: which of
+    the four cells around the impact point a particle lands in is a coin toss, and drawn cell by
+    cell two of them light up as often as one. So the brightest cell is drawn first, from n + 1
+    classes (class n: the layer is empty), then with ``ranks`` 2 the next brightest from the same
+    logits with the first left out (class n: no other cell is hit), each holding its share given
+    (:class:`BrightestShares`), and the other cells as any layer's cells, for the rest.
+
+    Args:
+        location: (B, n + 1) logits, one per cell, then "no cell (left)".
+        sharing: (B, n) fractions of the layer energy; hit: (B, n) bool, the cells with energy.
+
+    Returns:
+        nll (B,); the other cells' fractions of what the brightest leave (B, n), 0 in those, and
+        which of them are hit (B, n) bool, to be scored as any layer's cells; and the weights
+        (B, n) of the per-cell hit cross-entropy: 0 for the cells drawn first and for every cell of a
+        layer that ran out of cells before the last rank (the class "none" says they are not hit).
+    """
+    n = sharing.shape[1]
+    nll = torch.zeros_like(sharing[:, 0])
+    rest, rest_hit = sharing, hit
+    done = torch.zeros_like(hit[:, :1])  # no cell left for this rank
+    for _ in range(ranks):
+        cell = rest.argmax(1, keepdim=True)
+        none_left = done | ~rest_hit.any(1, keepdim=True)
+        term = nn.functional.cross_entropy(location, torch.where(none_left, n, cell).squeeze(1), reduction="none")
+        nll = nll + term.masked_fill(done.squeeze(1), 0.0)  # after the first "none" nothing more is drawn
+        done = none_left
+        rest_hit = rest_hit.scatter(1, cell, False)
+        rest = torch.where(rest_hit, rest / (1.0 - rest.gather(1, cell)).clamp_min(1e-30), torch.zeros_like(rest))
+        location = location.scatter(1, cell, -math.inf)  # the next rank among the other cells
+    drawn = (sharing > 0) & ~rest_hit
+    return nll, rest, rest_hit, (~drawn & ~done).to(sharing.dtype)
+
+
+def sample_cells_brightest_first(
+    hit_logits: torch.Tensor,
+    params: torch.Tensor,
+    share_params: int,
+    location: torch.Tensor,
+    shares: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A layer's cells drawn brightest first (:func:`brightest_cell_nll`): fractions (B, n) of the
+    layer energy, as :func:`sample_cells` returns them.
+
+    The brightest cells are drawn from ``location`` (B, n + 1) logits, one per column of ``shares``
+    (B, r), each among the cells not drawn yet (or none: the layer has no more cells); the other
+    cells by :func:`sample_cells` from ``hit_logits`` (B, n) and ``params`` (B, share_params * n)
+    with those left out. Each drawn cell holds its share of what the cells before it left, or all of
+    it when no cell after it is hit. Nothing forces the other cells below the drawn ones: drawn for
+    their shares, they rarely pass them.
+    """
+    n, ranks = hit_logits.shape[1], shares.shape[1]
+    location, hit_logits = location.float(), hit_logits.float()
+    u = torch.rand((len(location), ranks), generator=generator, device=location.device)
+    cells, done = [], torch.zeros_like(u[:, :1], dtype=torch.bool)
+    for j in range(ranks):
+        upper = torch.softmax(location, dim=1).cumsum(dim=1)
+        cell = (u[:, j : j + 1] >= upper).sum(1, keepdim=True).clamp_max(n)  # (B, 1); n: no cell left
+        done = done | (cell == n)
+        cell = cell.clamp_max(n - 1)
+        cells.append((cell, done))
+        location = location.scatter(1, cell, -math.inf)
+        hit_logits = hit_logits.scatter(1, cell, -math.inf)
+    fractions = sample_cells(hit_logits.masked_fill(done, -math.inf), params, share_params, generator)
+    for j in reversed(range(ranks)):
+        cell, done = cells[j]
+        share = torch.where(fractions.sum(1, keepdim=True) > 0, shares[:, j : j + 1].float(), torch.ones_like(u[:, :1]))
+        fractions = fractions.mul_(1.0 - share).scatter_(1, cell, share).masked_fill_(done, 0.0)
+    return fractions
