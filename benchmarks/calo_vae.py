@@ -1,8 +1,9 @@
-"""Benchmark of CaloVAE on CPU: generation throughput, Lightning Trainer overhead, peak memory.
+"""Benchmark of CaloVAE on CPU (generation also on a GPU): generation throughput, Lightning Trainer overhead, peak memory.
 
     python benchmarks/calo_vae.py             # full run: about 2 min on a quiet 2-core machine
     python benchmarks/calo_vae.py --quick     # about 1 min: fewer events, pairs and repeats
     python benchmarks/calo_vae.py --diagnose  # adds the variants that locate the overhead
+    python benchmarks/calo_vae.py --generation-only --device cuda   # generation alone, on a GPU
     (on a busy shared machine it runs one torch thread and takes 4 to 5 min)
 
 The model and data sizes follow ``experiments/calo_vae/quickstart.yaml`` (model init_args,
@@ -797,29 +798,42 @@ def overhead_breakdown(result: dict) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------- generation
+def generation_calls(device: torch.device) -> dict[int, int]:
+    """Batch sizes timed and generate() calls per repeat: the protocol's, and on a GPU also 100,000
+    (up to 10,000 a GPU call is bound by kernel launches, not by arithmetic)."""
+    return PROTOCOL_CALLS if device.type == "cpu" else {**PROTOCOL_CALLS, 100_000: 1}
+
+
 def time_generation(model: CaloVAE, repeats: int, seed: int) -> dict[int, list[float]]:
-    """Seconds per shower for each batch size of the protocol, one value per repeat."""
+    """Seconds per shower for each batch size of the protocol, one value per repeat, on the
+    model's device (a GPU's queue is drained before the clock is read)."""
     model.eval()
-    gen = torch.Generator().manual_seed(seed)
+    device = model.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out: dict[int, list[float]] = {}
-    for batch, calls in PROTOCOL_CALLS.items():
-        energy = 1.0 + 99.0 * torch.rand((batch, 1), generator=gen)
+    for batch, calls in generation_calls(device).items():
+        energy = 1.0 + 99.0 * torch.rand((batch, 1), generator=gen, device=device)
         for _ in range(2):  # warm-up
             model.generate(energy, generator=gen)
         per_shower = []
         for _ in range(repeats):
+            sync()
             t0 = time.perf_counter()
             for _ in range(calls):
                 model.generate(energy, generator=gen)
+            sync()
             per_shower.append((time.perf_counter() - t0) / (calls * batch))
         out[batch] = per_shower
     return out
 
 
-def compare_generation(cfg: dict, tensors: dict[str, torch.Tensor], repeats: int, seed: int) -> None:
+def compare_generation(
+    cfg: dict, tensors: dict[str, torch.Tensor], repeats: int, seed: int, device: torch.device
+) -> None:
     """Generation cost of the config's CaloVAE, of the same with its layer branches in bfloat16 and of
     the same sizes with the softmax sharing and the N(0, I) latent (the model before the fidelity
-    work), in alternating repeats."""
+    work), in alternating repeats, on ``device`` (the CPU bound only on a CPU)."""
     models = {
         "config": Models(CaloVAE, cfg["model_args"], tensors, seed).new(),
         "config, layer branches in bfloat16": Models(
@@ -833,21 +847,29 @@ def compare_generation(cfg: dict, tensors: dict[str, torch.Tensor], repeats: int
             seed,
         ).new(),
     }
-    times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in PROTOCOL_CALLS} for name in models}
+    models = {name: model.to(device) for name, model in models.items()}
+    batches = generation_calls(device)
+    times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batches} for name in models}
     for _ in range(repeats):
         for name, model in models.items():
             for batch, values in time_generation(model, 1, seed).items():
                 times[name][batch] += values
-    print(f"\n## Generation, alternating repeats ({repeats} each): ms/shower at batch 1 / 100 / 10,000; showers/s at 10,000")
+    sizes = " / ".join(f"{b:,}" for b in batches)
+    print(f"\n## Generation on {device}, alternating repeats ({repeats} each): ms/shower at batch {sizes}; "
+          f"showers/s at {GEN_BATCH:,}")
     rates = {}
     for name, per_batch in times.items():
-        ms = " / ".join(f"{mean_std([v * 1e3 for v in per_batch[b]])[0]:.4f}" for b in PROTOCOL_CALLS)
+        ms = " / ".join(f"{mean_std([v * 1e3 for v in per_batch[b]])[0]:.4f}" for b in batches) + " ms"
+        if 100_000 in per_batch:
+            ms += f" ({mean_std([1.0 / v for v in per_batch[100_000]])[0]:,.0f} showers/s at 100,000)"
         rate, rate_std = mean_std([1.0 / v for v in per_batch[GEN_BATCH]])
         rates[name] = rate
-        print(f"  {name}: {ms} ms; {rate:,.0f} ± {rate_std:,.0f} showers/s "
+        print(f"  {name}: {ms}; {rate:,.0f} ± {rate_std:,.0f} showers/s "
               f"(goal >= {GOAL_SHOWERS_PER_S:,}: {verdict(rate >= GOAL_SHOWERS_PER_S)})")
     config, bfloat16, baseline = rates.values()
     print(f"  throughput config / baseline: {config / baseline:.3f}; in bfloat16 / baseline: {bfloat16 / baseline:.3f}")
+    if device.type != "cpu":  # the bound below times CPU kernels and CPU random numbers
+        return
     for name, model in models.items():
         print_generation_bound(name, model, repeats)
 
@@ -990,7 +1012,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a short run: 20,000 events and the quick defaults above")
     parser.add_argument("--generation-only", action="store_true",
                         help="only generation: the config's model against softmax sharing with an N(0, I) latent")
+    parser.add_argument("--device", default="cpu", help="where --generation-only generates (cpu, cuda, cuda:1, ...)")
     args = parser.parse_args(argv)
+    if args.device != "cpu" and not args.generation_only:
+        parser.error(f"--device {args.device} needs --generation-only: training is timed on the CPU")
 
     started = time.perf_counter()
     quick = args.quick
@@ -1029,7 +1054,9 @@ def main(argv: list[str] | None = None) -> None:
     machine = (f"{cpu_model()}, {cores} cores, torch {torch.__version__}, lightning {lightning.__version__}, "
                f"{threads} thread{'s' if threads > 1 else ''}")
     out = sys.stdout
-    print("# hepgen benchmark: CaloVAE on CPU" + (" (--quick)" if quick else ""))
+    device = torch.device(args.device)
+    where = "CPU" if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
+    print(f"# hepgen benchmark: CaloVAE on {where}" + (" (--quick)" if quick else ""))
     print(f"machine : {cpu_model()} | {cores} usable cores ({os.cpu_count()} logical) | {platform.platform()}")
     print(f"software: python {platform.python_version()} | torch {torch.__version__} | "
           f"lightning {lightning.__version__}")
@@ -1041,7 +1068,8 @@ def main(argv: list[str] | None = None) -> None:
     rss_start = peak_rss_mib()
 
     if args.generation_only:
-        compare_generation(cfg, make_training_data(2000, cfg["particles"][0], cfg["seed"]), gen_repeats, cfg["seed"])
+        tensors = make_training_data(2000, cfg["particles"][0], cfg["seed"])
+        compare_generation(cfg, tensors, gen_repeats, cfg["seed"], device)
         return
 
     # --- data -------------------------------------------------------------------------------

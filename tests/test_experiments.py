@@ -1,7 +1,13 @@
-"""Every experiment YAML runs: fit, test and predict with fast_dev_run, on made data."""
+"""Every experiment YAML runs: fit, test and predict with fast_dev_run, on made data.
+
+On CPU by default; ``HEPGEN_TEST_ACCELERATOR=gpu python3 -m pytest tests/test_experiments.py`` runs
+the same on a GPU node (the check that every method's tensors, generators and metrics follow the
+model onto the device).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +22,9 @@ def _is_study(path: Path) -> bool:
     """A study file (``hepgen ad run``) rather than one training's LightningCLI config."""
     return "study" in (yaml.safe_load(path.read_text()) or {})
 
+
+#: the Trainer's accelerator for the smoke runs (``cpu`` unless the environment says otherwise)
+ACCELERATOR = os.environ.get("HEPGEN_TEST_ACCELERATOR", "cpu")
 
 ALL_YAML = sorted((ROOT / "experiments").rglob("*.yaml"))
 EXPERIMENTS = [p for p in ALL_YAML if not _is_study(p)]
@@ -140,7 +149,7 @@ def test_experiment_runs(config: Path, request, tmp_path):
         "-c", str(config),
         *data_args,
         "--trainer.fast_dev_run", "1",
-        "--trainer.accelerator", "cpu",
+        "--trainer.accelerator", ACCELERATOR,
         "--run.root", str(tmp_path),
         "--run.version", "smoke",
     ]  # fmt: skip
