@@ -28,10 +28,11 @@ import datamodules
 import hepgen.models
 from callbacks.reproducibility import RNGStateCheckpoint
 from hepgen.checkpoints import check_matches
-from hepgen.errors import ConfigValueError, HepgenError
+from hepgen.errors import CheckpointError, ConfigValueError, HepgenError
 from hepgen.run_lock import RunLock, release_run_locks
 from hepgen.run import (
     CREATED_RUN_DIRS,
+    SAVED_CONFIGS,
     RunConfigSaver,
     RunSettings,
     check_config_collision,
@@ -354,6 +355,28 @@ def _wrapped_hepgen_error(error: BaseException) -> HepgenError | None:
     return None
 
 
+def _checkpoint_mismatch(error: BaseException, argv: list[str]) -> CheckpointError | None:
+    """One line for torch's many-line refusal of a checkpoint whose weights do not fit the model the
+    config builds (other model options, or a hepgen whose networks have changed since)."""
+    text = str(error)
+    if not isinstance(error, RuntimeError) or "Error(s) in loading state_dict" not in text:
+        return None
+    missing, unexpected = (
+        sum(len(re.findall(r'"([^"]+)"', part)) for part in re.findall(rf"{what} key\(s\) in state_dict: (.*)", text))
+        for what in ("Missing", "Unexpected")
+    )
+    reshaped = len(re.findall(r"size mismatch for ", text))
+    names = re.findall(r'"([^"]+)"|size mismatch for ([^:]+):', text)
+    first = ", ".join(a or b for a, b in names[:3])
+    ckpt = argv[argv.index("--ckpt_path") + 1] if "--ckpt_path" in argv[:-1] else "the checkpoint"
+    summary = f"{missing} missing, {unexpected} unexpected and {reshaped} reshaped weights"
+    return CheckpointError(
+        f"--ckpt_path {ckpt}: its weights do not fit the model this config builds ({summary}, "
+        f"e.g. {first}). It was written with other model options or by an older hepgen: evaluate it "
+        "with the config.yaml saved in its run directory, with the hepgen version that trained it, or train anew."
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``hepgen`` console script (also ``python -m hepgen``).
 
@@ -385,7 +408,7 @@ def main(args: list[str] | None = None) -> None:
         HepgenCLI(args=None if args is None else argv)
     except BaseException as error:
         remove_unused_run_dirs()
-        cause = _wrapped_hepgen_error(error)
+        cause = _wrapped_hepgen_error(error) or _checkpoint_mismatch(error, argv)
         if cause is None or debug_requested():
             raise
         print(f"hepgen: error: {cause}", file=sys.stderr)
@@ -394,6 +417,7 @@ def main(args: list[str] | None = None) -> None:
         release_run_locks()
         withdraw_run_dirs()
         CREATED_RUN_DIRS.clear()
+        SAVED_CONFIGS.clear()
         # WandbLogger reuses a W&B run left open in the process: a second command in the same
         # Python (a notebook, a test session) would log into the first run's folder
         wandb = sys.modules.get("wandb")

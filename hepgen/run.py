@@ -256,12 +256,31 @@ def resolve_run_dir(
     return run_dir
 
 
+#: Configs this process saved (``config.N.yaml`` of a resume, test or predict in an existing run).
+SAVED_CONFIGS: list[Path] = []
+
+#: What a command leaves in a run directory besides its config: a config is worth keeping once any
+#: of these was written after it.
+RUN_OUTPUTS = ("checkpoints", "metrics.json", "plots", "predictions")
+
+
+def _wrote_after(run_dir: Path, when: float) -> bool:
+    paths = (q for name in RUN_OUTPUTS for q in ([run_dir / name] + list((run_dir / name).rglob("*"))))
+    return any(q.exists() and q.stat().st_mtime >= when for q in paths)
+
+
 def remove_unused_run_dirs() -> None:
-    """Remove the run directories this process created if the start failed before training.
+    """Remove the run directories this process created if the start failed before training, and
+    the configs it added to existing ones if the command wrote nothing after them.
 
     A directory is unused when it holds no checkpoint and no metrics: what a failed start leaves
-    there (its config, an empty W&B folder) describes nothing that ran.
+    there (its config, an empty W&B folder) describes nothing that ran. The same holds for the
+    ``config.N.yaml`` of a test whose checkpoint did not load.
     """
+    while SAVED_CONFIGS:
+        config = SAVED_CONFIGS.pop()
+        if config.is_file() and not _wrote_after(config.parent, config.stat().st_mtime):
+            config.unlink()
     while CREATED_RUN_DIRS:
         run_dir = CREATED_RUN_DIRS.pop()
         if not run_dir.is_dir() or run_checkpoints(run_dir) or (run_dir / "metrics.json").exists():
@@ -462,6 +481,7 @@ class RunConfigSaver(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         path = next_free_path(Path(trainer.default_root_dir) / "config.yaml")
         self.parser.save(self.config, path, multifile=False)
+        SAVED_CONFIGS.append(path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 nested = yaml.safe_load(self.parser.dump(self.config, skip_link_targets=False))
