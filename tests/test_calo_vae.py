@@ -952,6 +952,26 @@ def test_brightest_shares_round_trip_and_draws_stay_a_share():
     assert 0 < float(drawn.min()) and float(drawn.max()) <= 1
 
 
+def test_summary_mixture_of_each_share_sees_only_the_shares_before_it():
+    """The brightest cells' shares are drawn in turn: summary j's mixture depends on the trunk's
+    features and on summaries 0 .. j-1, never on j or later (teacher forcing in training is then
+    the same distribution as drawing one after the other)."""
+    from hepgen.nn.shower import LayerwiseDecoder
+
+    torch.manual_seed(0)
+    decoder = LayerwiseDecoder([4, 3], cond_dim=1, latent_dim=2, hidden=8, branch=4, share_params=7,
+                               given_energies=True, extra_summaries=3, mixture_summaries=3)  # fmt: skip
+    h, previous = torch.randn(5, 8), torch.randn(5, 3)
+    before = torch.stack(decoder.summary_mixture(h, previous))  # (3, B, K, m)
+    for changed, first_affected in ((2, 3), (1, 2), (0, 1)):
+        moved = previous.clone()
+        moved[:, changed] += 1.0
+        after = torch.stack(decoder.summary_mixture(h, moved))
+        torch.testing.assert_close(after[..., :first_affected], before[..., :first_affected], rtol=0, atol=0)
+        if first_affected < 3:
+            assert (after[..., first_affected:] - before[..., first_affected:]).abs().amax() > 1e-4
+
+
 def test_brightest_cell_layers_options_are_checked():
     with pytest.raises(ValueError, match="brightest_cell_layers: 'layer_3' is not a layer"):
         CaloVAE(sharing="lognormal", cells_given_energies=True, brightest_cell_layers=["layer_3"])
@@ -1055,7 +1075,11 @@ def test_brightest_cell_layers_generate_the_drawn_layer_energy_and_brightest_sha
     with torch.no_grad():
         h, e_mean, e_log_var = model.decoder.energies(z, model._condition({"energy": energy}))
         y = e_mean + torch.exp(0.5 * e_log_var) * torch.randn(e_mean.shape, generator=gen)
-        shares = model.brightest_shares.decode(sample_gaussian_mixture(*model.decoder.summary_mixture(h), gen))
+        drawn = torch.zeros(300, 4)  # the four shares in turn, each given the ones before it
+        for j in range(4):
+            logits, means, log_scales = (x[..., j : j + 1] for x in model.decoder.summary_mixture(h, drawn))
+            drawn[:, j : j + 1] = sample_gaussian_mixture(logits, means, log_scales, gen)
+        shares = model.brightest_shares.decode(drawn)
     expected = model.representation.decode_energies(y, energy)
     for i, key in enumerate(LAYER_KEYS):
         cells = out[key].flatten(1)

@@ -49,7 +49,7 @@ from hepgen.nn.shower import (
     BrightestShares, LayerCentroids, LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation,
     brightest_cell_nll, condition_features, gaussian_mixture_nll,
     lognormal_mixture_sharing_nll, lognormal_sharing_nll, sample_cells, sample_cells_brightest_first,
-    sample_gaussian_mixture, shift_marginal_sharing_nll,
+    shift_marginal_sharing_nll,
 )  # fmt: skip
 from hepgen.physics.calo_geometry import LAYER_SHAPES
 
@@ -162,8 +162,8 @@ class CaloVAE(LightningModule):
             (:class:`~hepgen.nn.shower.LayerCentroids`); needs ``cells_given_energies``.
         brightest_cell_layers: layers (keys of ``layer_shapes``) whose brightest cells come first:
             their shares are drawn with the layer energies, each from a mixture of
-            ``BRIGHTEST_SHARE_COMPONENTS`` Gaussians (:class:`~hepgen.nn.shower.BrightestShares`),
-            then where they are, then the other cells for the rest
+            ``BRIGHTEST_SHARE_COMPONENTS`` Gaussians given the shares drawn before it
+            (:class:`~hepgen.nn.shower.BrightestShares`), then where they are, then the other cells for the rest
             (:func:`~hepgen.nn.shower.brightest_cell_nll`); for a layer whose energy often comes from
             one or two shower particles. Needs ``sharing: lognormal`` and ``cells_given_energies``.
         brightest_cells: how many of the brightest cells of the ``brightest_cell_layers`` are drawn
@@ -339,7 +339,7 @@ class CaloVAE(LightningModule):
         nll_summaries = 0.5 * (e_log_var + (energies_and_centres - e_mean) ** 2 / e_log_var.exp())
         nll_energy, nll_centre = (part.sum(1) for part in nll_summaries.split(self._summary_sizes()[:2], dim=1))
         nll_brightest_share = (
-            gaussian_mixture_nll(*self.decoder.summary_mixture(h), shares).sum(1)
+            gaussian_mixture_nll(*self.decoder.summary_mixture(h, shares), shares).sum(1)
             if self.brightest_keys
             else torch.zeros_like(nll_energy)
         )
@@ -510,7 +510,7 @@ class CaloVAE(LightningModule):
         noise = torch.randn(e_mean.shape, generator=generator, device=self.device)
         summaries = e_mean + torch.exp(0.5 * e_log_var) * noise  # layer energies, then any centres
         if self.brightest_keys:  # and the brightest cells' shares
-            summaries = torch.cat([summaries, sample_gaussian_mixture(*self.decoder.summary_mixture(h), generator)], 1)
+            summaries = torch.cat([summaries, self.decoder.sample_summary_mixture(h, generator)], 1)
         bfloat16 = self.hparams.generation_dtype == "bfloat16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bfloat16):
             hit_logits, share_params = self.decoder.cells(h, summaries)

@@ -184,7 +184,9 @@ class LayerwiseDecoder(nn.Module):
     output is then (B, L + extra_summaries) each, energies first; the ``mixture_summaries`` last of
     them are drawn instead from a mixture of ``summary_components`` Gaussians each
     (:meth:`summary_mixture`), for a summary whose values gather in separate modes, and the head
-    leaves them out. ``extra_outputs`` (one count per layer) more outputs of a layer's branch follow
+    leaves them out; each of these after the first is drawn given the ones before it (a small
+    network of h and those values adds to its mixture's parameters), so the second brightest cell's
+    share can follow the first's. ``extra_outputs`` (one count per layer) more outputs of a layer's branch follow
     its sharing parameters (the location logits of :func:`brightest_cell_nll`).
     """
 
@@ -216,6 +218,11 @@ class LayerwiseDecoder(nn.Module):
         # the last summaries, each a mixture of Gaussians (weight logits, means, log-scales)
         self.summary_components = summary_components
         self.mixture_head = nn.Linear(hidden, 3 * summary_components * mixture_summaries) if mixture_summaries else None
+        # and each after the first also from the ones before it (the next brightest cell's share
+        # depends on the first's: two particles or one), drawn in turn
+        self.mixture_context = nn.ModuleList(
+            mlp([hidden + j, 64, 3 * summary_components]) for j in range(1, mixture_summaries)
+        )
         branch_in = hidden + (n_summaries if given_energies else 0)
         self.branches = nn.ModuleList(
             mlp([branch_in, branch, (1 + p) * n + extra])
@@ -229,10 +236,29 @@ class LayerwiseDecoder(nn.Module):
         e_mean, e_log_var = self.energy_head(h).chunk(2, dim=1)
         return h, e_mean, e_log_var.clamp(-10.0, 5.0)
 
-    def summary_mixture(self, h: torch.Tensor):
+    def summary_mixture(self, h: torch.Tensor, previous: torch.Tensor):
         """The weight logits, means and log-scales (B, K, m) of the ``mixture_summaries`` last
-        summaries, each a mixture of K = ``summary_components`` Gaussians, from the trunk's features."""
-        return self.mixture_head(h).unflatten(1, (3, self.summary_components, -1)).unbind(1)
+        summaries, each a mixture of K = ``summary_components`` Gaussians, from the trunk's features
+        and, for summary j, the values of the summaries before it (``previous[:, :j]`` of (B, m))."""
+        head = self.mixture_head(h).unflatten(1, (3, self.summary_components, -1))
+        params = [self._summary_params(head, h, previous, j) for j in range(head.shape[-1])]
+        return torch.stack(params, dim=-1).unbind(1)
+
+    def sample_summary_mixture(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws (B, m) of the mixture summaries, one after the other (one uniform each)."""
+        head = self.mixture_head(h).unflatten(1, (3, self.summary_components, -1))
+        drawn = h.new_zeros(len(h), head.shape[-1])
+        for j in range(head.shape[-1]):
+            params = self._summary_params(head, h, drawn, j).unsqueeze(-1)  # (B, 3, K, 1)
+            drawn[:, j : j + 1] = sample_gaussian_mixture(*params.unbind(1), generator)
+        return drawn
+
+    def _summary_params(self, head: torch.Tensor, h: torch.Tensor, previous: torch.Tensor, j: int) -> torch.Tensor:
+        """Summary j's (B, 3, K) mixture parameters: the head's (B, 3, K, m), plus for j > 0 what
+        its context network makes of h and the summaries before it."""
+        if j == 0:
+            return head[..., 0]
+        return head[..., j] + self.mixture_context[j - 1](torch.cat([h, previous[:, :j]], 1)).unflatten(1, (3, -1))
 
     def cells(self, h: torch.Tensor, energies: torch.Tensor | None = None):
         """Per layer the hit logits (B, n_l) and sharing parameters, given the trunk's features and,
