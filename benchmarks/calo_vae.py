@@ -1,4 +1,4 @@
-"""Benchmark of CaloVAE on CPU (generation also on a GPU): generation throughput, Lightning Trainer overhead, peak memory.
+"""Benchmark of CaloVAE on CPU (generation also on a GPU): generation, Trainer overhead, peak memory.
 
     python benchmarks/calo_vae.py             # full run: about 2 min on a quiet 2-core machine
     python benchmarks/calo_vae.py --quick     # about 1 min: fewer events, pairs and repeats

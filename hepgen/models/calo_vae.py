@@ -163,8 +163,8 @@ class CaloVAE(LightningModule):
         brightest_cell_layers: layers (keys of ``layer_shapes``) whose brightest cells come first:
             their shares are drawn with the layer energies, each from a mixture of
             ``BRIGHTEST_SHARE_COMPONENTS`` Gaussians given the shares drawn before it
-            (:class:`~hepgen.nn.shower.BrightestShares`), then where they are, then the other cells for the rest
-            (:func:`~hepgen.nn.shower.brightest_cell_nll`); for a layer whose energy often comes from
+            (:class:`~hepgen.nn.shower.BrightestShares`), then where they are, then the other cells
+            for the rest (:func:`~hepgen.nn.shower.brightest_cell_nll`); for a layer whose energy often comes from
             one or two shower particles. Needs ``sharing: lognormal`` and ``cells_given_energies``.
         brightest_cells: how many of the brightest cells of the ``brightest_cell_layers`` are drawn
             first, each with its share of what the ones before it left (1 or more).

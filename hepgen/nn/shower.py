@@ -186,8 +186,8 @@ class LayerwiseDecoder(nn.Module):
     (:meth:`summary_mixture`), for a summary whose values gather in separate modes, and the head
     leaves them out; each of these after the first is drawn given the ones before it (a small
     network of h and those values adds to its mixture's parameters), so the second brightest cell's
-    share can follow the first's. ``extra_outputs`` (one count per layer) more outputs of a layer's branch follow
-    its sharing parameters (the location logits of :func:`brightest_cell_nll`).
+    share can follow the first's. ``extra_outputs`` (one count per layer) more outputs of a layer's
+    branch follow its sharing parameters (the location logits of :func:`brightest_cell_nll`).
     """
 
     def __init__(
