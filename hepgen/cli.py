@@ -368,7 +368,9 @@ def _checkpoint_mismatch(error: BaseException, argv: list[str]) -> CheckpointErr
     reshaped = len(re.findall(r"size mismatch for ", text))
     names = re.findall(r'"([^"]+)"|size mismatch for ([^:]+):', text)
     first = ", ".join(a or b for a, b in names[:3])
-    ckpt = argv[argv.index("--ckpt_path") + 1] if "--ckpt_path" in argv[:-1] else "the checkpoint"
+    given = [b for a, b in zip(argv, argv[1:]) if a == "--ckpt_path"]
+    given += [a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")]
+    ckpt = given[-1] if given else "the checkpoint"
     summary = f"{missing} missing, {unexpected} unexpected and {reshaped} reshaped weights"
     return CheckpointError(
         f"--ckpt_path {ckpt}: its weights do not fit the model this config builds ({summary}, "
