@@ -12,7 +12,8 @@ training events of its split). Training data are made in memory with
 :func:`hepgen.synth.calogan.simulate_showers`.
 
 1. Generation: showers/s of ``CaloVAE.generate`` at batch 10,000 (warm-up, then mean ± std over
-   repeats) and ms/shower at batch 1, 100 and 10,000 (the CaloChallenge timing protocol).
+   repeats) and ms/shower at batch 1, 100 and 10,000 (the CaloChallenge timing protocol);
+   ``--generation-only`` on a CPU also times ``CompiledShowerGenerator`` (its first calls compile).
 2. Trainer overhead, as the MEDIAN OF INTERLEAVED PAIRS. One Trainer variant and a plain PyTorch
    loop (same model class and initial weights, same DataLoader construction as hepgen's
    datamodules, same optimizer from ``configure_optimizers``, same loss as
@@ -92,7 +93,8 @@ from lightning.pytorch import Callback, Trainer  # noqa: E402
 from lightning.pytorch.callbacks import RichProgressBar  # noqa: E402
 
 from datamodules.base import ArrayDictDataset, HepDataModule  # noqa: E402
-from hepgen.models.calo_vae import CaloVAE  # noqa: E402
+from hepgen.memory import keep_freed_memory  # noqa: E402
+from hepgen.models.calo_vae import CaloVAE, CompiledShowerGenerator  # noqa: E402
 from hepgen.models.kl_schedule import kl_weight  # noqa: E402
 from hepgen.physics.calo_geometry import LAYER_KEYS  # noqa: E402
 from hepgen.synth.calogan import simulate_showers  # noqa: E402
@@ -804,24 +806,23 @@ def generation_calls(device: torch.device) -> dict[int, int]:
     return PROTOCOL_CALLS if device.type == "cpu" else {**PROTOCOL_CALLS, 100_000: 1}
 
 
-def time_generation(model: CaloVAE, repeats: int, seed: int) -> dict[int, list[float]]:
-    """Seconds per shower for each batch size of the protocol, one value per repeat, on the
-    model's device (a GPU's queue is drained before the clock is read)."""
-    model.eval()
-    device = model.device
+def time_generation(generate, device: torch.device, repeats: int, seed: int) -> dict[int, list[float]]:
+    """Seconds per shower for each batch size of the protocol, one value per repeat, of
+    ``generate(energy, generator=...)`` (``CaloVAE.generate`` of a model in eval mode or a
+    ``CompiledShowerGenerator``) on ``device`` (a GPU's queue is drained before the clock is read)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out: dict[int, list[float]] = {}
     for batch, calls in generation_calls(device).items():
         energy = 1.0 + 99.0 * torch.rand((batch, 1), generator=gen, device=device)
-        for _ in range(2):  # warm-up
-            model.generate(energy, generator=gen)
+        for _ in range(2):  # warm-up (and a compiled generator's compilation)
+            generate(energy, generator=gen)
         per_shower = []
         for _ in range(repeats):
             sync()
             t0 = time.perf_counter()
             for _ in range(calls):
-                model.generate(energy, generator=gen)
+                generate(energy, generator=gen)
             sync()
             per_shower.append((time.perf_counter() - t0) / (calls * batch))
         out[batch] = per_shower
@@ -833,7 +834,9 @@ def compare_generation(
 ) -> None:
     """Generation cost of the config's CaloVAE, of the same with its layer branches in bfloat16 and of
     the same sizes with the softmax sharing and the N(0, I) latent (the model before the fidelity
-    work), in alternating repeats, on ``device`` (the CPU bound only on a CPU)."""
+    work), in alternating repeats, on ``device`` (the CPU bound only on a CPU). Like ``hepgen
+    predict``, it first makes malloc keep freed memory (:func:`hepgen.memory.keep_freed_memory`)."""
+    print(f"\nmalloc keeps freed memory (hepgen.memory.keep_freed_memory): {keep_freed_memory()}")
     models = {
         "config": Models(CaloVAE, cfg["model_args"], tensors, seed).new(),
         "config, layer branches in bfloat16": Models(
@@ -847,12 +850,16 @@ def compare_generation(
             seed,
         ).new(),
     }
-    models = {name: model.to(device) for name, model in models.items()}
+    models = {name: model.to(device).eval() for name, model in models.items()}
+    generators = {name: model.generate for name, model in models.items()}
+    if device.type == "cpu":  # the same two models compiled (inductor's C++ kernels)
+        for name in ("config", "config, layer branches in bfloat16"):
+            generators[f"{name}, compiled"] = CompiledShowerGenerator(models[name])
     batches = generation_calls(device)
-    times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batches} for name in models}
+    times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batches} for name in generators}
     for _ in range(repeats):
-        for name, model in models.items():
-            for batch, values in time_generation(model, 1, seed).items():
+        for name, generate in generators.items():
+            for batch, values in time_generation(generate, device, 1, seed).items():
                 times[name][batch] += values
     sizes = " / ".join(f"{b:,}" for b in batches)
     print(f"\n## Generation on {device}, alternating repeats ({repeats} each): ms/shower at batch {sizes}; "
@@ -866,8 +873,8 @@ def compare_generation(
         rates[name] = rate
         print(f"  {name}: {ms}; {rate:,.0f} ± {rate_std:,.0f} showers/s "
               f"(goal >= {GOAL_SHOWERS_PER_S:,}: {verdict(rate >= GOAL_SHOWERS_PER_S)})")
-    config, bfloat16, baseline = rates.values()
-    print(f"  throughput config / baseline: {config / baseline:.3f}; in bfloat16 / baseline: {bfloat16 / baseline:.3f}")
+    baseline = rates["softmax sharing, N(0, I) latent"]
+    print("  throughput / baseline: " + "; ".join(f"{name} {rate / baseline:.3f}" for name, rate in rates.items()))
     if device.type != "cpu":  # the bound below times CPU kernels and CPU random numbers
         return
     for name, model in models.items():
@@ -1100,7 +1107,8 @@ def main(argv: list[str] | None = None) -> None:
     rss_after_training = max(rss_before_training, rss_training)
 
     # --- 1. generation ------------------------------------------------------------------------
-    per_shower = time_generation(models.new(), gen_repeats, cfg["seed"])
+    model = models.new().eval()
+    per_shower = time_generation(model.generate, model.device, gen_repeats, cfg["seed"])
     rates = [1.0 / s for s in per_shower[GEN_BATCH]]
     rate_mean, rate_std = mean_std(rates)
     rss_end = peak_rss_mib()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import shutil
 from functools import partial
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -150,6 +152,50 @@ def test_predict_writes_a_file_the_datamodule_reads(calogan_dir, tmp_path):
     read = torch.cat([dm.datasets[s].tensors["energy"] for s in ("train", "val")])
     assert np.allclose(np.sort(read.numpy().ravel()), np.sort(expected.ravel()))
     assert (read > 0).all() and all((dm.datasets["val"].tensors[k] >= 0).all() for k in LAYER_KEYS)
+
+
+def test_compiled_predict_writes_the_showers_of_eager_predict(calogan_dir, tmp_path, monkeypatch):
+    """With ``compile_generation`` predict draws the same random numbers through the compiled
+    generator: the written showers are those of a plain predict with the same seed, up to rounding."""
+    from hepgen.models import CompiledShowerGenerator
+
+    calls = []
+    compiled_call = CompiledShowerGenerator.__call__
+    monkeypatch.setattr(CompiledShowerGenerator, "__call__", lambda *a, **k: calls.append(1) or compiled_call(*a, **k))
+    main(tiny_args("fit", calogan_dir, tmp_path, "--trainer.max_epochs", "1", "--run.version", "c"))
+    run = tmp_path / "tiny" / "c"
+    written = {}
+    for compiled in ("false", "true"):
+        main(["predict", "-c", str(run / "config.yaml"), "--ckpt_path", "last", "--trainer.callbacks+=CaloGANWriter",
+              "--data.init_args.predict_events", "150", "--model.init_args.compile_generation", compiled])  # fmt: skip
+        (path,) = (run / "predictions").glob("*.hdf5")
+        with h5py.File(path) as f:
+            written[compiled] = {k: f[k][:] for k in LAYER_KEYS}
+        shutil.rmtree(run / "predictions")
+        assert bool(calls) == (compiled == "true")
+    for key in LAYER_KEYS:
+        eager, compiled = written["false"][key], written["true"][key]
+        assert (eager > 0).sum() > 1000 and np.array_equal(eager > 0, compiled > 0)
+        np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-3)
+
+
+def test_compiled_predict_without_a_cpp_compiler_is_one_line(calogan_dir, tmp_path, capsys, monkeypatch):
+    """torch.compile on a CPU needs a C++ compiler: without one, compile_generation fails at once in
+    one line naming the option, and the failed predict leaves nothing in the run."""
+    import torch._inductor.config as inductor_config
+
+    main(tiny_args("fit", calogan_dir, tmp_path, "--trainer.max_epochs", "1", "--run.version", "x"))
+    run = tmp_path / "tiny" / "x"
+    before = sorted(p.name for p in run.iterdir())
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("hepgen-no-such-compiler",))
+    monkeypatch.delenv("HEPGEN_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "-c", str(run / "config.yaml"), "--ckpt_path", "last", "--trainer.callbacks+=CaloGANWriter",
+              "--model.init_args.compile_generation", "true"])  # fmt: skip
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("hepgen: error: model compile_generation:") and "C++ compiler" in line
+    assert sorted(p.name for p in run.iterdir()) == before
 
 
 def _fitted_tiny_vae(n: int = 300) -> tuple[CaloVAE, dict[str, torch.Tensor]]:
@@ -1093,3 +1139,42 @@ def test_brightest_cell_layers_generate_the_drawn_layer_energy_and_brightest_sha
             first, second = shares[several, 2 * i - 2 : 2 * i].unbind(1)
             for share in (first, second * (1 - first)):
                 assert float((fractions - share[:, None]).abs().min(1).values.max()) < 1e-6
+
+
+def test_compiled_generator_makes_the_showers_of_generate_and_is_a_snapshot(monkeypatch):
+    """CompiledShowerGenerator draws the random numbers generate draws, in the same chunks, and makes
+    the same showers up to rounding (the same hit cells, energies within 0.1 %), for a model with
+    every generation path of the quickstart (flow with a support box, centres, two Gaussians per
+    cell, two brightest cells drawn first, two particles); it holds a copy of the model, so changing
+    the model afterwards changes generate but not it."""
+    import hepgen.models.calo_vae as calo_vae
+    from hepgen.models import CompiledShowerGenerator
+
+    torch.manual_seed(0)
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16, num_particles=2, sharing="lognormal", latent_density="flow",
+                    cells_given_energies=True, cells_given_centroids=list(LAYER_KEYS), sharing_components=[2, 2, 2],
+                    brightest_cell_layers=["layer_2"], brightest_cells=2)  # fmt: skip
+    showers = {k: torch.from_numpy(v) for k, v in simulate_showers(300, seed=4).items()}
+    cells = [showers[k].flatten(1) for k in LAYER_KEYS]
+    model.representation.fit(cells, showers["energy"])
+    model.centroids.fit(cells)
+    model.brightest_shares.fit(cells[2:])
+    model.latent_flow.widen_support(torch.full((4,), -1.0), torch.full((4,), 1.0))
+    model.eval()
+    monkeypatch.setattr(calo_vae, "CPU_GENERATION_CHUNK", 64)
+    compiled = CompiledShowerGenerator(model, chunk=64)
+    energy = torch.linspace(1.0, 100.0, 150)[:, None]
+    particle = torch.arange(150) % 2
+    expected = model.generate(energy, particle, torch.Generator().manual_seed(0))
+    got = compiled(energy, particle, torch.Generator().manual_seed(0))
+    for key in LAYER_KEYS:
+        assert torch.equal(got[key] > 0, expected[key] > 0)
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-3, atol=1e-3)
+    assert float(expected["layer_2"].flatten(1).sum(1).max()) > 0  # something was drawn
+    with torch.no_grad():
+        for parameter in model.decoder.parameters():
+            parameter.add_(0.1)
+    again = compiled(energy, particle, torch.Generator().manual_seed(0))
+    assert all(torch.equal(again[k], got[k]) for k in LAYER_KEYS)
+    changed = model.generate(energy, particle, torch.Generator().manual_seed(0))
+    assert not torch.equal(changed["layer_0"], expected["layer_0"])

@@ -42,21 +42,23 @@ from torch import nn
 
 from datamodules.base import global_batch_index
 from hepgen.errors import ConfigValueError
+from hepgen.memory import keep_freed_memory
 from hepgen.models.seeding import reseed_for_rank
 from hepgen.models.kl_schedule import KLScheduleName, kl_weight
 from hepgen.nn.flows import ConditionalCouplingFlow
 from hepgen.nn.shower import (
     BrightestShares, LayerCentroids, LayerwiseDecoder, LayerwiseEncoder, ShowerRepresentation,
     brightest_cell_nll, condition_features, gaussian_mixture_nll,
-    lognormal_mixture_sharing_nll, lognormal_sharing_nll, sample_cells, sample_cells_brightest_first,
+    brightest_first_from_uniform, cells_from_uniform, lognormal_mixture_sharing_nll, lognormal_sharing_nll,
     shift_marginal_sharing_nll,
 )  # fmt: skip
 from hepgen.physics.calo_geometry import LAYER_SHAPES
 
-#: Showers per pass of :meth:`CaloVAE.generate` on a CPU: 10,000 CaloGAN showers make tensors of
-#: 10 MB per layer, and each element-wise step is a pass through main memory; in chunks of 4,096 more
-#: of it stays in cache (at one thread 15-20 % more showers/s at batch 10,000, at two 0-4 %).
-CPU_GENERATION_CHUNK = 4096
+#: Showers per pass of :meth:`CaloVAE.generate` (and of :class:`CompiledShowerGenerator`) on a CPU:
+#: 10,000 CaloGAN showers make tensors of 10 MB per layer, and each element-wise step is a pass
+#: through main memory; in chunks more of it stays in cache (4,096 against 10,000: at one thread
+#: 15-20 % more showers/s, at two 0-4 %; compiled, 1,024 to 4,096 against 10,000: 10-20 %).
+CPU_GENERATION_CHUNK = 2048
 #: Gaussians in the mixture a brightest cell's share is drawn from: a layer reached by one shower
 #: particle, by two, or by soft photons only (CaloGAN's last layer: shares near 0.9, 0.5 and below 0.4).
 BRIGHTEST_SHARE_COMPONENTS = 3
@@ -174,6 +176,9 @@ class CaloVAE(LightningModule):
             on CPUs with AVX512-BF16 or AMX and on GPUs (and slower than float32 on other CPUs). A
             cell's energy then differs from float32's by 1-2 % (median; quickstart model), well
             inside its shower-to-shower spread.
+        compile_generation: ``predict`` draws its showers with a :class:`CompiledShowerGenerator` of
+            the weights it predicts with (the first batch compiles, for about half a minute): on a CPU
+            two to three times the showers/s of :meth:`generate`, the same showers up to rounding.
         optimizer: optimizer factory (Adam, lr 1e-3 by default).
         lr_scheduler: optional scheduler factory, stepped once per epoch.
     """
@@ -205,6 +210,7 @@ class CaloVAE(LightningModule):
         brightest_cells: int = 1,
         layer_shapes: dict[str, list[int]] | None = None,
         generation_dtype: GenerationDtypeName = "float32",
+        compile_generation: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -501,16 +507,47 @@ class CaloVAE(LightningModule):
             parts = [self.generate(e, p, generator) for e, p in zip(chunks, particles)]
             return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
         energy_gev = energy_gev.to(self.device, torch.float32)
+        return self.showers_from_noise(energy_gev, particle, self.generation_noise(len(energy_gev), generator))
+
+    def generation_noise(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The random numbers behind ``n`` showers, drawn from ``generator`` in this order: ``latent``
+        (n, latent_dim) standard normal (the flow's base or the prior); ``summaries`` (n, layers + 2
+        centred layers) standard normal for the layer energies and centres; ``summary_mixture`` (n,
+        brightest shares) uniform, one summary after the other; then per layer ``<key>/brightest``
+        (n, brightest_cells) uniform for the brightest cells' locations where they are drawn first,
+        and ``<key>`` (n, cells) uniform, one per cell (:func:`~hepgen.nn.shower.sample_cells`)."""
+        def normal(*shape):
+            return torch.randn(shape, generator=generator, device=self.device)
+
+        def uniform(*shape):
+            return torch.rand(shape, generator=generator, device=self.device)
+
+        energies, centres, shares = self._summary_sizes()
+        noise = {"latent": normal(n, self.hparams.latent_dim), "summaries": normal(n, energies + centres)}
+        if shares:
+            noise["summary_mixture"] = uniform(shares, n).T
+        for key, cells in zip(self.layer_keys, self.decoder.layer_cells):
+            if key in self.brightest_keys:
+                noise[f"{key}/brightest"] = uniform(n, self.hparams.brightest_cells)
+            noise[key] = uniform(n, cells)
+        return noise
+
+    def showers_from_noise(
+        self, energy_gev: torch.Tensor, particle: torch.Tensor | None, noise: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The showers (as :meth:`generate` returns them) for incident energies ``energy_gev`` (B, 1)
+        GeV, particle labels (B,) or None, and the random numbers :meth:`generation_noise` draws: a
+        deterministic function of its inputs, with no branch on their values (it compiles whole)."""
         cond = self._condition({"energy": energy_gev, "particle": particle})
         if self.latent_flow is None:
-            z = torch.randn((len(energy_gev), self.hparams.latent_dim), generator=generator, device=self.device)
+            z = noise["latent"]
         else:
-            z = self.latent_flow.sample(cond, generator)
+            z = self.latent_flow.from_base(noise["latent"], cond)
         h, e_mean, e_log_var = self.decoder.energies(z, cond)
-        noise = torch.randn(e_mean.shape, generator=generator, device=self.device)
-        summaries = e_mean + torch.exp(0.5 * e_log_var) * noise  # layer energies, then any centres
+        summaries = e_mean + torch.exp(0.5 * e_log_var) * noise["summaries"]  # layer energies, then any centres
         if self.brightest_keys:  # and the brightest cells' shares
-            summaries = torch.cat([summaries, self.decoder.sample_summary_mixture(h, generator)], 1)
+            shares = self.decoder.summary_mixture_from_uniform(h, noise["summary_mixture"])
+            summaries = torch.cat([summaries, shares], 1)
         bfloat16 = self.hparams.generation_dtype == "bfloat16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bfloat16):
             hit_logits, share_params = self.decoder.cells(h, summaries)
@@ -525,10 +562,13 @@ class CaloVAE(LightningModule):
                 sp, location = sp.split([p * n, n + 1], dim=1)
                 r = self.hparams.brightest_cells
                 j = self.brightest_keys.index(key) * r
-                share = sample_cells_brightest_first(hit_logits[i], sp, p, location, brightest[:, j : j + r], generator)
+                u_brightest = noise[f"{key}/brightest"]
+                share = brightest_first_from_uniform(
+                    hit_logits[i], sp, p, location, brightest[:, j : j + r], u_brightest, noise[key]
+                )
             else:
-                share = sample_cells(hit_logits[i], sp, p, generator)
-            showers[key] = share.mul_(layer_energy[:, i : i + 1]).reshape(-1, *shape)
+                share = cells_from_uniform(hit_logits[i], sp, p, noise[key])
+            showers[key] = (share * layer_energy[:, i : i + 1]).reshape(-1, *shape)
         return showers
 
     @torch.no_grad()
@@ -551,7 +591,85 @@ class CaloVAE(LightningModule):
         samples["incident_energies"] = (1000.0 * energy, 1000.0 * energy)
         return samples
 
+    def on_predict_start(self) -> None:
+        keep_freed_memory()  # each batch frees and allocates again the same large tensors
+        # the weights stay as they are from here on, so a compiled snapshot of them can draw
+        self._predict_generator = CompiledShowerGenerator(self) if self.hparams.compile_generation else None
+
+    def on_predict_end(self) -> None:
+        self._predict_generator = None
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         # global random stream: `--seed_everything` chooses the sample
-        showers = self.generate(batch["energy"], batch.get("particle"))
+        generate = getattr(self, "_predict_generator", None) or self.generate
+        showers = generate(batch["energy"], batch.get("particle"))
         return {"energy": batch["energy"], **showers}
+
+
+class CompiledShowerGenerator:
+    """:meth:`CaloVAE.generate` compiled with ``torch.compile``, for mass production on a CPU.
+
+    Eagerly, each of a cell's dozen element-wise steps (hit, mixture component, inverse-CDF
+    Gaussian, softmax over the hit cells) is a pass through memory and the flow is sixty small
+    operations; compiled, they fuse into one loop per layer, and with the weights frozen into the
+    compiled code (inductor's ``freezing``: prepacked oneDNN matrices, casts to bfloat16 done once)
+    the linear layers run faster too. The generator therefore holds its own copy of the model: a
+    snapshot, which further training of the model does not change.
+
+    It draws the random numbers :meth:`CaloVAE.generation_noise` draws, in the same order, so a
+    seeded generator gives the showers of :meth:`CaloVAE.generate` up to floating-point rounding
+    (the fused arithmetic, and the polynomial inverse CDF of
+    :func:`~hepgen.nn.shower.standard_normal_quantile`): the same hit cells, energies within about
+    1e-5 in float32. The first call compiles (about half a minute for the quickstart's model, with
+    the C++ compiler inductor needs); calls of any batch size reuse it. Constructing one makes
+    malloc keep freed memory for the rest of the process (:func:`hepgen.memory.keep_freed_memory`):
+    each chunk frees and allocates again the same few-MB tensors, and pages handed back to the
+    system fault again when touched (a fifth of the time).
+
+    Args:
+        model: a trained CaloVAE (copied).
+        chunk: showers per compiled call on a CPU (larger batches are cut into chunks that keep each
+            layer's per-cell tensors in cache).
+    """
+
+    def __init__(self, model: CaloVAE, chunk: int = CPU_GENERATION_CHUNK) -> None:
+        if model.device.type == "cpu":
+            _check_cpp_compiler()
+        keep_freed_memory()
+        self.model = copy.deepcopy(model).eval()
+        self.chunk = chunk
+        self._showers_from_noise = torch.compile(self.model.showers_from_noise, dynamic=True)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        energy_gev: torch.Tensor,
+        particle: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Showers ``{key: (B, *shape)}`` in MeV for incident energies ``energy_gev`` (B, 1) GeV, as
+        :meth:`CaloVAE.generate` returns them."""
+        model = self.model
+        energy_gev = energy_gev.to(model.device, torch.float32)
+        if model.device.type != "cpu" or len(energy_gev) <= self.chunk:
+            noise = model.generation_noise(len(energy_gev), generator)
+            # set for every call, not passed as a compile option: dynamo reads it while tracing
+            with torch._inductor.config.patch(freezing=True):
+                return self._showers_from_noise(energy_gev, particle, noise)
+        particles = [None] * -(-len(energy_gev) // self.chunk) if particle is None else particle.split(self.chunk)
+        parts = [self(e, p, generator) for e, p in zip(energy_gev.split(self.chunk), particles)]
+        return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+
+
+def _check_cpp_compiler() -> None:
+    """On a CPU, torch.compile (inductor) builds C++: fail at once, in one line, without a compiler."""
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as error:  # inductor's InvalidCxxCompiler
+        raise ConfigValueError(
+            "model compile_generation: compiling the generator on a CPU needs a C++ compiler (torch.compile "
+            "builds C++), and none was found (g++, or the one $CXX names): install one, or set "
+            "compile_generation: false."
+        ) from error

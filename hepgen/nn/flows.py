@@ -73,13 +73,18 @@ class ConditionalCouplingFlow(nn.Module):
         return base + log_det
 
     def sample(self, context: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One z (B, features) per row of ``context`` (B, context), drawn with ``generator``, clipped
-        to the support box once one is known (1 draw in 1,000 lands outside it for a VAE's codes)."""
+        """One z (B, features) per row of ``context`` (B, context), drawn with ``generator``
+        (:meth:`from_base`)."""
         u = torch.randn((len(context), self.features), generator=generator, device=context.device, dtype=context.dtype)
+        return self.from_base(u, context)
+
+    def from_base(self, u: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """z (B, features) for base-density draws ``u`` (B, features) given ``context`` (B, context),
+        clipped to the support box once one is known (1 draw in 1,000 lands outside it for a VAE's
+        codes). No branch on the data: a compiled generator traces it whole."""
         z, _ = self.transform.inverse(u, context=context)
-        if bool(torch.isfinite(self.support_low).all()):
-            z = torch.maximum(torch.minimum(z, self.support_high), self.support_low)
-        return z
+        known = torch.isfinite(self.support_low) & torch.isfinite(self.support_high)
+        return torch.where(known, torch.maximum(torch.minimum(z, self.support_high), self.support_low), z)
 
 
 class _FixedPermutation(RandomPermutation):
