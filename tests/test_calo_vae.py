@@ -173,10 +173,20 @@ def test_compiled_predict_writes_the_showers_of_eager_predict(calogan_dir, tmp_p
             written[compiled] = {k: f[k][:] for k in LAYER_KEYS}
         shutil.rmtree(run / "predictions")
         assert bool(calls) == (compiled == "true")
+    assert all((written["false"][k] > 0).sum() > 1000 for k in LAYER_KEYS)
+    compiled, eager = ({k: torch.from_numpy(v) for k, v in written[c].items()} for c in ("true", "false"))
+    _assert_same_showers_up_to_rounding(compiled, eager)
+
+
+def _assert_same_showers_up_to_rounding(got: dict, expected: dict) -> None:
+    """The same showers but for rounding: in at most 1 % of them a cell whose uniform sat at its hit
+    probability may be hit in one and missed in the other; the others have the same hit cells and
+    energies within 0.1 %."""
     for key in LAYER_KEYS:
-        eager, compiled = written["false"][key], written["true"][key]
-        assert (eager > 0).sum() > 1000 and np.array_equal(eager > 0, compiled > 0)
-        np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-3)
+        a, b = got[key].flatten(1), expected[key].flatten(1)
+        same_hits = ((a > 0) == (b > 0)).all(1)
+        assert float(same_hits.float().mean()) >= 0.99, key
+        torch.testing.assert_close(a[same_hits], b[same_hits], rtol=1e-3, atol=1e-3)
 
 
 def test_compiled_predict_without_a_cpp_compiler_is_one_line(calogan_dir, tmp_path, capsys, monkeypatch):
@@ -1167,10 +1177,14 @@ def test_compiled_generator_makes_the_showers_of_generate_and_is_a_snapshot(monk
     particle = torch.arange(150) % 2
     expected = model.generate(energy, particle, torch.Generator().manual_seed(0))
     got = compiled(energy, particle, torch.Generator().manual_seed(0))
-    for key in LAYER_KEYS:
-        assert torch.equal(got[key] > 0, expected[key] > 0)
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-3, atol=1e-3)
+    _assert_same_showers_up_to_rounding(got, expected)
     assert float(expected["layer_2"].flatten(1).sum(1).max()) > 0  # something was drawn
+    # any other batch size reuses the compiled code
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    seven = compiled(energy[:7], particle[:7], torch.Generator().manual_seed(1))
+    expected_seven = model.generate(energy[:7], particle[:7], torch.Generator().manual_seed(1))
+    _assert_same_showers_up_to_rounding(seven, expected_seven)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     with torch.no_grad():
         for parameter in model.decoder.parameters():
             parameter.add_(0.1)

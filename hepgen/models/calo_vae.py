@@ -56,9 +56,11 @@ from hepgen.physics.calo_geometry import LAYER_SHAPES
 
 #: Showers per pass of :meth:`CaloVAE.generate` (and of :class:`CompiledShowerGenerator`) on a CPU:
 #: 10,000 CaloGAN showers make tensors of 10 MB per layer, and each element-wise step is a pass
-#: through main memory; in chunks more of it stays in cache (4,096 against 10,000: at one thread
-#: 15-20 % more showers/s, at two 0-4 %; compiled, 1,024 to 4,096 against 10,000: 10-20 %).
-CPU_GENERATION_CHUNK = 2048
+#: through main memory; in chunks of 4,096 more of it stays in cache (at one thread 15-20 % more
+#: showers/s at batch 10,000, at two 0-4 %; compiled, no chunk size of 1,024 to 4,096 was clearly
+#: best). The chunks decide which random numbers each shower gets: a seeded batch larger than this
+#: gives the same showers only with the same chunk size.
+CPU_GENERATION_CHUNK = 4096
 #: Gaussians in the mixture a brightest cell's share is drawn from: a layer reached by one shower
 #: particle, by two, or by soft photons only (CaloGAN's last layer: shares near 0.9, 0.5 and below 0.4).
 BRIGHTEST_SHARE_COMPONENTS = 3
@@ -178,7 +180,9 @@ class CaloVAE(LightningModule):
             inside its shower-to-shower spread.
         compile_generation: ``predict`` draws its showers with a :class:`CompiledShowerGenerator` of
             the weights it predicts with (the first batch compiles, for about half a minute): on a CPU
-            two to three times the showers/s of :meth:`generate`, the same showers up to rounding.
+            1.6-1.8 times the showers/s of :meth:`generate` at batch 10,000 and about 4 times at
+            batch 1, the same showers up to rounding. (``predict`` makes malloc keep freed memory
+            either way, :func:`hepgen.memory.keep_freed_memory`.)
         optimizer: optimizer factory (Adam, lr 1e-3 by default).
         lr_scheduler: optional scheduler factory, stepped once per epoch.
     """
@@ -232,6 +236,7 @@ class CaloVAE(LightningModule):
         if generation_dtype not in ("float32", "bfloat16"):
             raise ConfigValueError(f"model generation_dtype={generation_dtype!r}: choose 'float32' or 'bfloat16'.")
         self.save_hyperparameters()
+        self._predict_generator: CompiledShowerGenerator | None = None  # set for a predict (compile_generation)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         shapes = layer_shapes or LAYER_SHAPES
@@ -262,7 +267,9 @@ class CaloVAE(LightningModule):
             brightest_outputs, n_shares, BRIGHTEST_SHARE_COMPONENTS,
         )
         self.latent_flow = (
-            ConditionalCouplingFlow(latent_dim, cond_dim, flow_transforms, flow_hidden) if latent_density == "flow" else None
+            ConditionalCouplingFlow(latent_dim, cond_dim, flow_transforms, flow_hidden)
+            if latent_density == "flow"
+            else None
         )
 
     # --- data in the model's representation ----------------------------------------------------
@@ -502,30 +509,30 @@ class CaloVAE(LightningModule):
         ``{"layer_0": (B, 3, 96), "layer_1": (B, 12, 12), "layer_2": (B, 12, 6)}``.
         """
         if self.device.type == "cpu" and len(energy_gev) > CPU_GENERATION_CHUNK:
-            chunks = energy_gev.split(CPU_GENERATION_CHUNK)
-            particles = [None] * len(chunks) if particle is None else particle.split(CPU_GENERATION_CHUNK)
-            parts = [self.generate(e, p, generator) for e, p in zip(chunks, particles)]
-            return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+            return _in_chunks(self.generate, energy_gev, particle, generator, CPU_GENERATION_CHUNK)
         energy_gev = energy_gev.to(self.device, torch.float32)
+        particle = None if particle is None else particle.to(self.device)
         return self.showers_from_noise(energy_gev, particle, self.generation_noise(len(energy_gev), generator))
 
     def generation_noise(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """The random numbers behind ``n`` showers, drawn from ``generator`` in this order: ``latent``
-        (n, latent_dim) standard normal (the flow's base or the prior); ``summaries`` (n, layers + 2
-        centred layers) standard normal for the layer energies and centres; ``summary_mixture`` (n,
-        brightest shares) uniform, one summary after the other; then per layer ``<key>/brightest``
-        (n, brightest_cells) uniform for the brightest cells' locations where they are drawn first,
-        and ``<key>`` (n, cells) uniform, one per cell (:func:`~hepgen.nn.shower.sample_cells`)."""
+        """The random numbers behind ``n`` showers, float32, drawn from ``generator`` in this order:
+        ``latent`` (n, latent_dim) standard normal (the flow's base or the prior); ``summaries``
+        (n, L + 2 k) standard normal for the L layer energies and the centres of k layers;
+        ``summary_mixture`` (n, s) uniform for the s brightest shares, drawn as (s, n), one share
+        after the other, and transposed; then per layer ``<key>/brightest`` (n, brightest_cells)
+        uniform for the brightest cells' locations where they are drawn first, and ``<key>``
+        (n, cells) uniform, one per cell (:func:`~hepgen.nn.shower.sample_cells`)."""
+
         def normal(*shape):
-            return torch.randn(shape, generator=generator, device=self.device)
+            return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
 
         def uniform(*shape):
-            return torch.rand(shape, generator=generator, device=self.device)
+            return torch.rand(shape, generator=generator, device=self.device, dtype=torch.float32)
 
         energies, centres, shares = self._summary_sizes()
         noise = {"latent": normal(n, self.hparams.latent_dim), "summaries": normal(n, energies + centres)}
         if shares:
-            noise["summary_mixture"] = uniform(shares, n).T
+            noise["summary_mixture"] = uniform(shares, n).T.contiguous()
         for key, cells in zip(self.layer_keys, self.decoder.layer_cells):
             if key in self.brightest_keys:
                 noise[f"{key}/brightest"] = uniform(n, self.hparams.brightest_cells)
@@ -593,7 +600,9 @@ class CaloVAE(LightningModule):
 
     def on_predict_start(self) -> None:
         keep_freed_memory()  # each batch frees and allocates again the same large tensors
-        # the weights stay as they are from here on, so a compiled snapshot of them can draw
+        # the weights stay as they are from here on, so a compiled snapshot of them can draw (none
+        # left from a predict that failed: the copy would carry it)
+        self._predict_generator = None
         self._predict_generator = CompiledShowerGenerator(self) if self.hparams.compile_generation else None
 
     def on_predict_end(self) -> None:
@@ -601,7 +610,7 @@ class CaloVAE(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         # global random stream: `--seed_everything` chooses the sample
-        generate = getattr(self, "_predict_generator", None) or self.generate
+        generate = self._predict_generator or self.generate
         showers = generate(batch["energy"], batch.get("particle"))
         return {"energy": batch["energy"], **showers}
 
@@ -616,15 +625,19 @@ class CompiledShowerGenerator:
     the linear layers run faster too. The generator therefore holds its own copy of the model: a
     snapshot, which further training of the model does not change.
 
-    It draws the random numbers :meth:`CaloVAE.generation_noise` draws, in the same order, so a
-    seeded generator gives the showers of :meth:`CaloVAE.generate` up to floating-point rounding
-    (the fused arithmetic, and the polynomial inverse CDF of
-    :func:`~hepgen.nn.shower.standard_normal_quantile`): the same hit cells, energies within about
-    1e-5 in float32. The first call compiles (about half a minute for the quickstart's model, with
-    the C++ compiler inductor needs); calls of any batch size reuse it. Constructing one makes
-    malloc keep freed memory for the rest of the process (:func:`hepgen.memory.keep_freed_memory`):
-    each chunk frees and allocates again the same few-MB tensors, and pages handed back to the
-    system fault again when touched (a fifth of the time).
+    It draws the random numbers :meth:`CaloVAE.generation_noise` draws, in the same order and, with
+    the default ``chunk``, in the same chunks, so a seeded generator gives the showers of
+    :meth:`CaloVAE.generate` up to floating-point rounding (the fused arithmetic, and the polynomial
+    inverse CDF of :func:`~hepgen.nn.shower.standard_normal_quantile`): on the quickstart's model in
+    float32, 2 cells in 1.5 million hit or missed where the other's were not (a uniform next to its
+    cell's hit probability), energies within 0.1 % (median 1e-6). The first call compiles (about
+    half a minute for the quickstart's model, with the C++ compiler inductor needs); later calls of
+    any batch size above one reuse it. A batch of one compiles once more (the compiler specialises
+    sizes 0 and 1), for a code path four times as fast at that size, and so does a call with
+    ``particle`` after calls without it. Constructing one makes malloc keep freed memory
+    for the rest of the process (:func:`hepgen.memory.keep_freed_memory`): each chunk frees and
+    allocates again the same few-MB tensors, and pages handed back to the system fault again when
+    touched (in some processes a fifth of the time).
 
     Args:
         model: a trained CaloVAE (copied).
@@ -650,15 +663,25 @@ class CompiledShowerGenerator:
         """Showers ``{key: (B, *shape)}`` in MeV for incident energies ``energy_gev`` (B, 1) GeV, as
         :meth:`CaloVAE.generate` returns them."""
         model = self.model
-        energy_gev = energy_gev.to(model.device, torch.float32)
-        if model.device.type != "cpu" or len(energy_gev) <= self.chunk:
-            noise = model.generation_noise(len(energy_gev), generator)
-            # set for every call, not passed as a compile option: dynamo reads it while tracing
-            with torch._inductor.config.patch(freezing=True):
-                return self._showers_from_noise(energy_gev, particle, noise)
-        particles = [None] * -(-len(energy_gev) // self.chunk) if particle is None else particle.split(self.chunk)
-        parts = [self(e, p, generator) for e, p in zip(energy_gev.split(self.chunk), particles)]
-        return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+        if model.device.type == "cpu" and len(energy_gev) > self.chunk:
+            return _in_chunks(self, energy_gev, particle, generator, self.chunk)
+        # copies, never views of a caller's tensor (or of a larger batch): a compiled graph checks
+        # whether its inputs are views and compiles again when that changes
+        energy_gev = energy_gev.to(model.device, torch.float32, copy=True)
+        particle = None if particle is None else particle.to(model.device, copy=True)
+        noise = model.generation_noise(len(energy_gev), generator)
+        # set for every call, not passed as a compile option: dynamo reads it while tracing
+        with torch._inductor.config.patch(freezing=True):
+            return self._showers_from_noise(energy_gev, particle, noise)
+
+
+def _in_chunks(generate, energy_gev: torch.Tensor, particle: torch.Tensor | None, generator, chunk: int) -> dict:
+    """``generate(energy, particle, generator)`` for each chunk of ``chunk`` showers in turn, concatenated."""
+    parts = [
+        generate(energy_gev[i : i + chunk], None if particle is None else particle[i : i + chunk], generator)
+        for i in range(0, len(energy_gev), chunk)
+    ]
+    return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
 
 
 def _check_cpp_compiler() -> None:

@@ -83,7 +83,7 @@ class ConditionalCouplingFlow(nn.Module):
         clipped to the support box once one is known (1 draw in 1,000 lands outside it for a VAE's
         codes). No branch on the data: a compiled generator traces it whole."""
         z, _ = self.transform.inverse(u, context=context)
-        known = torch.isfinite(self.support_low) & torch.isfinite(self.support_high)
+        known = torch.isfinite(self.support_low)  # +inf until the box is first widened
         return torch.where(known, torch.maximum(torch.minimum(z, self.support_high), self.support_low), z)
 
 

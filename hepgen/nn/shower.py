@@ -244,22 +244,20 @@ class LayerwiseDecoder(nn.Module):
         params = [self._summary_params(head, h, previous, j) for j in range(head.shape[-1])]
         return torch.stack(params, dim=-1).unbind(1)
 
-    def sample_summary_mixture(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draws (B, m) of the mixture summaries, one after the other (B uniforms each)."""
-        m = self.mixture_head.out_features // (3 * self.summary_components)
-        return self.summary_mixture_from_uniform(h, torch.rand((m, len(h)), generator=generator, device=h.device).T)
-
     def summary_mixture_from_uniform(self, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The mixture summaries (B, m) drawn one after the other, each from its uniforms ``v[:, j]``."""
+        """The mixture summaries (B, m) drawn one after the other, each from its uniforms ``v[:, j]``
+        of (B, m)."""
         head = self.mixture_head(h).unflatten(1, (3, self.summary_components, -1))
         drawn = []
         for j in range(head.shape[-1]):
-            previous = torch.cat(drawn, 1) if drawn else h.new_zeros(len(h), 0)
+            previous = torch.cat(drawn, 1) if drawn else None  # summary 0 has none before it
             logits, mean, log_scale = self._summary_params(head, h, previous, j).unsqueeze(-1).unbind(1)
             drawn.append(gaussian_mixture_from_uniform(logits, mean, log_scale, v[:, j : j + 1]))
         return torch.cat(drawn, 1)
 
-    def _summary_params(self, head: torch.Tensor, h: torch.Tensor, previous: torch.Tensor, j: int) -> torch.Tensor:
+    def _summary_params(
+        self, head: torch.Tensor, h: torch.Tensor, previous: torch.Tensor | None, j: int
+    ) -> torch.Tensor:
         """Summary j's (B, 3, K) mixture parameters: the head's (B, 3, K, m), plus for j > 0 what
         its context network makes of h and the summaries before it."""
         if j == 0:
@@ -717,9 +715,9 @@ def brightest_first_from_uniform(
         location = location.scatter(1, cell, -math.inf)
         hit_logits = hit_logits.scatter(1, cell, -math.inf)
     fractions = cells_from_uniform(hit_logits.masked_fill(done, -math.inf), params, share_params, u_cells)
-    everything = torch.ones_like(u_brightest[:, :1])
+    whole_share = torch.ones_like(u_brightest[:, :1])  # what a drawn cell holds when no cell after it is hit
     for j in reversed(range(ranks)):
         cell, done = cells[j]
-        share = torch.where(fractions.sum(1, keepdim=True) > 0, shares[:, j : j + 1].float(), everything)
+        share = torch.where(fractions.sum(1, keepdim=True) > 0, shares[:, j : j + 1].float(), whole_share)
         fractions = (fractions * (1.0 - share)).scatter(1, cell, share).masked_fill(done, 0.0)
     return fractions
