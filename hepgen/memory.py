@@ -10,6 +10,7 @@ EPYC, 2026-12-04). Telling malloc to keep freed memory for reuse removes them.
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 
 # mallopt parameters, from glibc's <malloc.h>
@@ -21,11 +22,13 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 2**31 - 1
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse: blocks up to 32 MiB come from the heap, and
     the heap is not trimmed until 2 GiB of it are free. For the rest of the process, which then
-    holds on to its peak memory. Returns whether it took effect (False where the C library is not
-    glibc, e.g. macOS or musl, whose allocators behave otherwise)."""
+    holds on to its peak memory (so it is done once; later calls return the first answer). Returns
+    whether it took effect (False where the C library is not glibc, e.g. macOS or musl, whose
+    allocators behave otherwise)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -520,8 +520,12 @@ def gaussian_mixture_from_uniform(
         mu = torch.where(beyond, mean[:, k].float(), mu)
         sigma_log = torch.where(beyond, log_scale[:, k].float(), sigma_log)
         upper = upper + weight[:, k]
-    v = ((v - low) / width).clamp(0.0, 1.0)
-    return standard_normal_quantile(v) * torch.exp(sigma_log.clamp(*LOG_SCALE_RANGE)) + mu
+    return _gaussian_from_uniform(((v - low) / width).clamp(0.0, 1.0), mu, sigma_log)
+
+
+def _gaussian_from_uniform(v: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Draws of N(mean, exp(log_scale)^2) from uniforms ``v``, all (B, n), the scale kept in range."""
+    return standard_normal_quantile(v) * torch.exp(log_scale.clamp(*LOG_SCALE_RANGE)) + mean
 
 
 def sample_gaussian_mixture(
@@ -545,7 +549,7 @@ def cells_from_uniform(
         v = (u / p).clamp(max=1.0)  # uniform on [0, 1) given a hit: the pass that reuses u
         if share_params == 2:
             mean, log_scale = params.float().chunk(2, dim=1)
-            log_fraction = standard_normal_quantile(v) * torch.exp(log_scale.clamp(*LOG_SCALE_RANGE)) + mean
+            log_fraction = _gaussian_from_uniform(v, mean, log_scale)
         else:
             logits, means, log_scales = params.unflatten(1, (3, -1, hits.shape[1])).unbind(1)  # (B, K, n)
             log_fraction = gaussian_mixture_from_uniform(logits, means, log_scales, v)
