@@ -832,14 +832,14 @@ def time_generation(generate, device: torch.device, repeats: int, seed: int) -> 
 def compare_generation(
     cfg: dict, tensors: dict[str, torch.Tensor], repeats: int, seed: int, device: torch.device
 ) -> None:
-    """Generation cost of the config's CaloVAE, of the same with its layer branches in bfloat16 and of
+    """Generation cost of the config's CaloVAE, of the same with its trunk and layer branches in bfloat16 and of
     the same sizes with the softmax sharing and the N(0, I) latent (the model before the fidelity
     work), in alternating repeats, on ``device`` (the CPU bound only on a CPU). Like ``hepgen
     predict``, it first makes malloc keep freed memory (:func:`hepgen.memory.keep_freed_memory`)."""
     print(f"\nmalloc keeps freed memory (hepgen.memory.keep_freed_memory): {keep_freed_memory()}")
     models = {
         "config": Models(CaloVAE, cfg["model_args"], tensors, seed).new(),
-        "config, layer branches in bfloat16": Models(
+        "config, trunk and branches in bfloat16": Models(
             CaloVAE, {**cfg["model_args"], "generation_dtype": "bfloat16"}, tensors, seed
         ).new(),
         "softmax sharing, N(0, I) latent": Models(
@@ -853,7 +853,7 @@ def compare_generation(
     models = {name: model.to(device).eval() for name, model in models.items()}
     generators = {name: model.generate for name, model in models.items()}
     if device.type == "cpu":  # the same two models compiled (inductor's C++ kernels)
-        for name in ("config", "config, layer branches in bfloat16"):
+        for name in ("config", "config, trunk and branches in bfloat16"):
             generators[f"{name}, compiled"] = CompiledShowerGenerator(models[name])
     batches = generation_calls(device)
     times: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batches} for name in generators}
@@ -879,17 +879,20 @@ def compare_generation(
         return
     for name, model in models.items():
         print_generation_bound(name, model, repeats)
+    # the compiled generator's copy of the model: two weight logits per cell folded into one
+    compiled = "config, trunk and branches in bfloat16, compiled"
+    print_generation_bound(compiled, generators[compiled].model, repeats)
 
 
 def generation_linears(model: CaloVAE) -> list[tuple[nn.Linear, torch.dtype]]:
     """The linear layers a generated shower passes through, each with the dtype it runs in: the
-    latent flow's and the decoder's trunk and energy head in float32, the layer branches in the
-    model's ``generation_dtype``."""
-    branch_dtype = getattr(torch, model.hparams.generation_dtype)
-    branches = {id(m) for m in model.decoder.branches.modules()}
-    parts = [model.decoder] + ([model.latent_flow] if model.latent_flow is not None else [])
+    decoder's trunk and layer branches in the model's ``generation_dtype``, its energy head, the
+    latent flow and the brightest shares' mixture networks in float32."""
+    decoder, low = model.decoder, getattr(torch, model.hparams.generation_dtype)
+    in_low = {id(m) for part in (decoder.trunk, decoder.branches) for m in part.modules()}
+    parts = [decoder] + ([model.latent_flow] if model.latent_flow is not None else [])
     return [
-        (m, branch_dtype if id(m) in branches else torch.float32)
+        (m, low if id(m) in in_low else torch.float32)
         for part in parts
         for m in part.modules()
         if isinstance(m, nn.Linear)

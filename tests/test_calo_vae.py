@@ -766,10 +766,11 @@ def test_sharing_components_per_layer_draw_showers_that_keep_each_layer_energy()
 
 
 def test_bfloat16_generation_draws_the_float32_showers_up_to_rounding():
-    """generation_dtype: bfloat16 runs the layer branches in bfloat16 and changes the showers only by
-    its rounding: with the same random numbers, the same layer energies (drawn in float32), the
-    same hit cells but where a uniform falls within rounding of its hit probability, and cell
-    energies within a few per cent; not the float32 showers exactly (the option is in effect)."""
+    """generation_dtype: bfloat16 runs the decoder's trunk and layer branches in bfloat16 and changes
+    the showers only by its rounding: with the same random numbers, layer energies within 0.5 % (the
+    energy head stays float32), the same hit cells but where a uniform falls within rounding of its
+    hit probability, and cell energies within a few per cent; not the float32 showers exactly (the
+    option is in effect)."""
     showers = simulate_showers(300, seed=4)
     models = {}
     for dtype in ("float32", "bfloat16"):
@@ -790,7 +791,7 @@ def test_bfloat16_generation_draws_the_float32_showers_up_to_rounding():
         both = (a > 0) & (b > 0)
         assert float(((a > 0) != (b > 0)).float().mean()) < 0.01
         full = both.sum(1) == (a > 0).sum(1)  # rows with the same hit cells keep the same layer energy
-        torch.testing.assert_close(a[full].sum(1), b[full].sum(1), rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(a[full].sum(1), b[full].sum(1), rtol=5e-3, atol=1e-3)
         relative = ((b - a).abs() / a.clamp_min(1e-30))[both]
         assert float(relative.median()) < 0.04 and 0 < float(relative.max())
 
@@ -937,6 +938,61 @@ def test_one_uniform_per_cell_draws_hit_component_and_gaussian_independently():
         assert abs(float((z > 0.6745).float().mean()) - 0.25) < 0.01
         assert abs(float((z < -0.6745).float().mean()) - 0.25) < 0.01
 
+
+
+def test_folding_the_two_weight_logits_draws_the_same_cells_from_fewer_outputs():
+    """fold_two_component_logits (the compiled generator's copy) replaces a two-Gaussian layer's two
+    weight logits by their difference: its branch has one output fewer per cell and, from the same
+    uniforms, draws the same cells (same hits, fractions to rounding); a one-Gaussian layer and the
+    decoder it was copied from are left as they are."""
+    import copy
+
+    from hepgen.nn.shower import LayerwiseDecoder, cells_from_uniform
+
+    torch.manual_seed(0)
+    decoder = LayerwiseDecoder([6, 4], cond_dim=1, latent_dim=3, hidden=16, branch=8, share_params=[6, 2])
+    with torch.no_grad():  # weight logits far enough apart that a wrong fold picks other components
+        decoder.branches[0][-1].weight[6:18].mul_(20.0)
+    folded = copy.deepcopy(decoder)
+    folded.fold_two_component_logits()
+    assert folded.share_params == [5, 2] and decoder.share_params == [6, 2]
+    assert folded.branches[0][-1].out_features == decoder.branches[0][-1].out_features - 6
+    assert folded.branches[1][-1] is not decoder.branches[1][-1]
+    torch.testing.assert_close(folded.branches[1][-1].weight, decoder.branches[1][-1].weight)
+    h = torch.randn(5000, 16)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        hits, params = decoder.cells(h)
+        hits_folded, params_folded = folded.cells(h)
+    for i in range(2):
+        u = torch.rand(hits[i].shape, generator=generator)
+        expected = cells_from_uniform(hits[i], params[i], decoder.share_params[i], u)
+        got = cells_from_uniform(hits_folded[i], params_folded[i], folded.share_params[i], u)
+        assert torch.equal(got > 0, expected > 0)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_cells_from_extreme_logits_and_a_zero_uniform_are_finite():
+    """Cells never or always hit, hit and weight logits far out, and uniforms of exactly 0 (torch's
+    float32 uniforms include it): the fractions are finite, sum to 1 over the hit cells, and a cell
+    whose weight logits differ by 200 takes its certain component."""
+    from hepgen.nn.shower import cells_from_uniform
+
+    hit_logits = torch.tensor([[math.inf, -math.inf, -100.0, 30.0, math.inf]])
+    d = torch.tensor([[200.0, -200.0, 100.0, -100.0, -200.0]])  # component 1 certain, 0 certain, ...
+    means = torch.tensor([[0.0] * 5, [-3.0] * 5])  # component 0 at log-fraction 0, component 1 at -3
+    log_scales = torch.full((2, 5), -7.0)
+    for share_params, logits in ((5, d), (6, torch.cat([torch.zeros_like(d), d], 1))):
+        params = torch.cat([logits, means.flatten()[None], log_scales.flatten()[None]], 1)
+        for u in (torch.zeros(1, 5), torch.tensor([[0.5, 0.0, 0.0, 0.999, 0.3]])):
+            shares = cells_from_uniform(hit_logits, params, share_params, u)
+            assert torch.isfinite(shares).all(), (share_params, u)
+            assert torch.equal(shares > 0, torch.tensor([[True, False, False, True, True]]))
+            torch.testing.assert_close(shares.sum(1), torch.ones(1))
+            if u[0, 0] > 0:  # (u = 0 sits in component 0's interval, of width 2e-35)
+                # cell 0 (component 1, at -3) against cell 4 (component 0, at 0)
+                log_ratio = torch.log(shares[0, 0] / shares[0, 4])
+                torch.testing.assert_close(log_ratio, torch.tensor(-3.0), atol=0.01, rtol=0)
 
 
 def test_brightest_cell_drawn_first_sits_where_its_location_says_and_holds_its_share():

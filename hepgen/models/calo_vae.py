@@ -172,15 +172,16 @@ class CaloVAE(LightningModule):
             one or two shower particles. Needs ``sharing: lognormal`` and ``cells_given_energies``.
         brightest_cells: how many of the brightest cells of the ``brightest_cell_layers`` are drawn
             first, each with its share of what the ones before it left (1 or more).
-        generation_dtype: the precision of the decoder's layer branches when showers are generated
-            (in :meth:`generate`, and so in the evaluation and ``predict``; training stays float32):
-            ``bfloat16`` runs those matrix products, most of generation's arithmetic, twice as fast
-            on CPUs with AVX512-BF16 or AMX and on GPUs (and slower than float32 on other CPUs). A
-            cell's energy then differs from float32's by 1-2 % (median; quickstart model), well
-            inside its shower-to-shower spread.
+        generation_dtype: the precision of the decoder's trunk and layer branches (its energy
+            head, the latent flow and the brightest shares' mixtures stay float32) when showers are
+            generated (in :meth:`generate`, and so in the evaluation and ``predict``; training stays
+            float32): ``bfloat16`` runs those matrix products, most of generation's arithmetic,
+            twice as fast on CPUs with AVX512-BF16 or AMX and on GPUs (and slower than float32 on
+            other CPUs). A cell's energy then differs from float32's by 1-2 % (median; quickstart
+            model), well inside its shower-to-shower spread.
         compile_generation: ``predict`` draws its showers with a :class:`CompiledShowerGenerator` of
             the weights it predicts with (the first batch compiles, for about half a minute): on a CPU
-            1.6-1.8 times the showers/s of :meth:`generate` at batch 10,000 and about 4 times at
+            1.6-1.9 times the showers/s of :meth:`generate` at batch 10,000 and about 4 times at
             batch 1, the same showers up to rounding. (``predict`` makes malloc keep freed memory
             either way, :func:`hepgen.memory.keep_freed_memory`.)
         optimizer: optimizer factory (Adam, lr 1e-3 by default).
@@ -550,12 +551,12 @@ class CaloVAE(LightningModule):
             z = noise["latent"]
         else:
             z = self.latent_flow.from_base(noise["latent"], cond)
-        h, e_mean, e_log_var = self.decoder.energies(z, cond)
+        bfloat16 = self.hparams.generation_dtype == "bfloat16"
+        h, e_mean, e_log_var = self.decoder.energies(z, cond, trunk_bfloat16=bfloat16)
         summaries = e_mean + torch.exp(0.5 * e_log_var) * noise["summaries"]  # layer energies, then any centres
         if self.brightest_keys:  # and the brightest cells' shares
             shares = self.decoder.summary_mixture_from_uniform(h, noise["summary_mixture"])
             summaries = torch.cat([summaries, shares], 1)
-        bfloat16 = self.hparams.generation_dtype == "bfloat16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bfloat16):
             hit_logits, share_params = self.decoder.cells(h, summaries)
         energies, _, brightest = summaries.split(self._summary_sizes(), dim=1)
@@ -564,7 +565,7 @@ class CaloVAE(LightningModule):
             brightest = self.brightest_shares.decode(brightest)
         showers = {}
         for i, (key, shape) in enumerate(self.layer_shapes.items()):
-            p, sp, n = self.share_params[i], share_params[i], hit_logits[i].shape[1]
+            p, sp, n = self.decoder.share_params[i], share_params[i], hit_logits[i].shape[1]
             if key in self.brightest_keys:
                 sp, location = sp.split([p * n, n + 1], dim=1)
                 r = self.hparams.brightest_cells
@@ -623,7 +624,10 @@ class CompiledShowerGenerator:
     operations; compiled, they fuse into one loop per layer, and with the weights frozen into the
     compiled code (inductor's ``freezing``: prepacked oneDNN matrices, casts to bfloat16 done once)
     the linear layers run faster too. The generator therefore holds its own copy of the model: a
-    snapshot, which further training of the model does not change.
+    snapshot, which further training of the model does not change. In the copy each layer with two
+    Gaussians per cell has its two weight logits folded into their difference
+    (:meth:`~hepgen.nn.shower.LayerwiseDecoder.fold_two_component_logits`): a seventh fewer outputs
+    of the largest matrices, the same draws.
 
     It draws the random numbers :meth:`CaloVAE.generation_noise` draws, in the same order and, with
     the default ``chunk``, in the same chunks, so a seeded generator gives the showers of
@@ -650,6 +654,7 @@ class CompiledShowerGenerator:
             _check_cpp_compiler()
         keep_freed_memory()
         self.model = copy.deepcopy(model).eval()
+        self.model.decoder.fold_two_component_logits()
         self.chunk = chunk
         self._showers_from_noise = torch.compile(self.model.showers_from_noise, dynamic=True)
 

@@ -229,10 +229,12 @@ class LayerwiseDecoder(nn.Module):
             for n, p, extra in zip(layer_cells, self.share_params, self.extra_outputs)
         )
 
-    def energies(self, z: torch.Tensor, cond: torch.Tensor):
+    def energies(self, z: torch.Tensor, cond: torch.Tensor, trunk_bfloat16: bool = False):
         """The trunk's features h (B, hidden) and the layer energies' mean and log-variance (B, L),
-        (B, L + extra_summaries) with the extra summaries."""
-        h = self.trunk(torch.cat([z, cond], dim=1))
+        (B, L + extra_summaries) with the extra summaries, all float32; ``trunk_bfloat16`` runs the
+        trunk (under autocast) in bfloat16, the energy head still in float32."""
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=trunk_bfloat16):
+            h = self.trunk(torch.cat([z, cond], dim=1)).float()
         e_mean, e_log_var = self.energy_head(h).chunk(2, dim=1)
         return h, e_mean, e_log_var.clamp(-10.0, 5.0)
 
@@ -276,6 +278,28 @@ class LayerwiseDecoder(nn.Module):
             for b, n, p, extra in zip(self.branches, self.layer_cells, self.share_params, self.extra_outputs)
         ]
         return [hl for hl, _ in heads], [sp for _, sp in heads]
+
+    @torch.no_grad()
+    def fold_two_component_logits(self) -> None:
+        """For generation only: in every layer whose cells are mixtures of two Gaussians (6 sharing
+        parameters), replace the two weight logits' output rows of its branch by one row, their
+        difference (all that the mixture's weights depend on), leaving 5 parameters per cell
+        (:func:`two_gaussians_from_uniform`). The cells drawn are the same up to rounding, from a
+        seventh fewer outputs of the largest matrices; the likelihoods of training no longer apply."""
+        for i, (branch, n) in enumerate(zip(self.branches, self.layer_cells)):
+            if self.share_params[i] != 6:
+                continue
+            last = branch[-1]
+            weight, bias = last.weight.clone(), last.bias.clone()
+            # rows: n hit logits, then logit 0 and logit 1 of each cell, then means, log-scales, extra
+            weight[2 * n : 3 * n] -= weight[n : 2 * n]
+            bias[2 * n : 3 * n] -= bias[n : 2 * n]
+            keep = torch.cat([torch.arange(n), torch.arange(2 * n, len(bias))])
+            folded = nn.Linear(last.in_features, len(keep), device=bias.device, dtype=bias.dtype)
+            folded.weight.copy_(weight[keep])
+            folded.bias.copy_(bias[keep])
+            branch[-1] = folded
+            self.share_params[i] = 5
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor, energies: torch.Tensor | None = None):
         h, e_mean, e_log_var = self.energies(z, cond)
@@ -537,21 +561,56 @@ def sample_gaussian_mixture(
     return gaussian_mixture_from_uniform(logits, mean, log_scale, v)
 
 
+def two_gaussians_from_uniform(
+    logit_difference: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """:func:`gaussian_mixture_from_uniform` for K = 2, given only the difference d = l_1 - l_0 (B, n)
+    of the two weight logits (all a softmax of two sees): w_0 = 1 / (1 + e^d), so component 1 is
+    drawn when t = v (1 + e^d) = v / w_0 reaches 1, and its uniform is (v - w_0) / w_1 =
+    v - (1 - v) / e^d; component 0's is t. One exponential and one division per cell, where the
+    softmax takes two and two. |d| is capped at 80 (a weight of 2e-35 instead of 0), so that e^d
+    stays finite and a uniform of exactly 0 gives no 0 * inf.
+
+    Args:
+        logit_difference: (B, n); mean, log_scale: (B, 2, n); v: (B, n) uniforms on [0, 1).
+    """
+    e = torch.exp(logit_difference.float().clamp(-80.0, 80.0))
+    t = v * (1.0 + e)
+    second = t >= 1.0
+    v_component = torch.where(second, v - (1.0 - v) / e, t)
+    mu = torch.where(second, mean[:, 1].float(), mean[:, 0].float())
+    sigma_log = torch.where(second, log_scale[:, 1].float(), log_scale[:, 0].float())
+    return _gaussian_from_uniform(v_component, mu, sigma_log)
+
+
 def cells_from_uniform(
     hit_logits: torch.Tensor, params: torch.Tensor, share_params: int, u: torch.Tensor
 ) -> torch.Tensor:
-    """A layer's cells (:func:`sample_cells`) drawn with the uniforms ``u`` (B, n) given, one per cell."""
-    p = torch.sigmoid(hit_logits.float())
-    hits = u < p
+    """A layer's cells (:func:`sample_cells`) drawn with the uniforms ``u`` (B, n) given, one per cell.
+
+    ``share_params`` 5 is the two-Gaussian mixture (6) with its weight logits folded into their
+    difference, (d, means, log-scales) per cell: the parameters of a decoder folded for generation
+    (:meth:`LayerwiseDecoder.fold_two_component_logits`), which draws the same cells.
+    """
+    n = hit_logits.shape[1]
+    # v = u / p with p = sigmoid(logit), as u (1 + e^-logit): no division, and a cell is hit when
+    # v < 1 (at logit -inf, v is inf, or NaN for u = 0: not hit either way, and masked below)
+    v = u * (1.0 + torch.exp(-hit_logits.float()))
+    hits = v < 1.0
     if share_params == 1:
         log_fraction = params.float()
     else:
-        v = (u / p).clamp(max=1.0)  # uniform on [0, 1) given a hit: the pass that reuses u
+        v = v.clamp(max=1.0)  # uniform on [0, 1) given a hit: the pass that reuses u
         if share_params == 2:
             mean, log_scale = params.float().chunk(2, dim=1)
             log_fraction = _gaussian_from_uniform(v, mean, log_scale)
+        elif share_params in (5, 6):
+            logits, means, log_scales = params.split([(share_params - 4) * n, 2 * n, 2 * n], dim=1)
+            d = logits if share_params == 5 else logits[:, n:].float() - logits[:, :n].float()
+            means, log_scales = means.unflatten(1, (2, n)), log_scales.unflatten(1, (2, n))
+            log_fraction = two_gaussians_from_uniform(d, means, log_scales, v)
         else:
-            logits, means, log_scales = params.unflatten(1, (3, -1, hits.shape[1])).unbind(1)  # (B, K, n)
+            logits, means, log_scales = params.unflatten(1, (3, -1, n)).unbind(1)  # (B, K, n)
             log_fraction = gaussian_mixture_from_uniform(logits, means, log_scales, v)
     return torch.softmax(log_fraction.masked_fill(~hits, -1e4), dim=1) * hits
 
