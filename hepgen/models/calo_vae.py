@@ -291,7 +291,8 @@ class CaloVAE(LightningModule):
     def _condition(self, batch: dict) -> torch.Tensor:
         particle = batch.get("particle")
         if particle is None:
-            particle = torch.zeros(len(batch["energy"]), dtype=torch.long, device=self.device)
+            # (B,) zeros shaped by the energies, not by len(): a graph export keeps B symbolic
+            particle = torch.zeros_like(batch["energy"][:, 0], dtype=torch.long)
         return condition_features(batch["energy"], particle, self.hparams.num_particles)
 
     def on_fit_start(self) -> None:

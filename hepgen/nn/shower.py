@@ -295,10 +295,10 @@ class LayerwiseDecoder(nn.Module):
             weight[2 * n : 3 * n] -= weight[n : 2 * n]
             bias[2 * n : 3 * n] -= bias[n : 2 * n]
             keep = torch.cat([torch.arange(n), torch.arange(2 * n, len(bias))])
-            folded = nn.Linear(last.in_features, len(keep), device=bias.device, dtype=bias.dtype)
-            folded.weight.copy_(weight[keep])
-            folded.bias.copy_(bias[keep])
-            branch[-1] = folded
+            # the same layer shrunk in place: a new nn.Linear would draw its initial weights from the
+            # global random stream, and predict draws the showers from that stream
+            last.weight, last.bias = nn.Parameter(weight[keep]), nn.Parameter(bias[keep])
+            last.out_features = len(keep)
             self.share_params[i] = 5
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor, energies: torch.Tensor | None = None):
@@ -593,10 +593,13 @@ def cells_from_uniform(
     (:meth:`LayerwiseDecoder.fold_two_component_logits`), which draws the same cells.
     """
     n = hit_logits.shape[1]
-    # v = u / p with p = sigmoid(logit), as u (1 + e^-logit): no division, and a cell is hit when
-    # v < 1 (at logit -inf, v is inf, or NaN for u = 0: not hit either way, and masked below)
-    v = u * (1.0 + torch.exp(-hit_logits.float()))
-    hits = v < 1.0
+    # v = u / p with p = sigmoid(logit), as u (1 + e^-logit), with no division: the cell is hit when
+    # v < 1. A logit below -80 (p < 2e-35, and -inf where a cell is ruled out) is never hit and its
+    # e^-logit is capped, so that nothing here is inf or NaN: inductor compiles its C++ assuming
+    # finite math, where a comparison with NaN is not reliable
+    logit = hit_logits.float()
+    v = u * (1.0 + torch.exp((-logit).clamp(max=80.0)))
+    hits = (v < 1.0) & (logit > -80.0)
     if share_params == 1:
         log_fraction = params.float()
     else:
