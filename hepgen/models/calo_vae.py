@@ -246,7 +246,7 @@ class CaloVAE(LightningModule):
         cells = [math.prod(shape) for shape in self.layer_shapes.values()]
         cond_dim = 1 + (num_particles if num_particles > 1 else 0)
         self.sharing_components = _components_per_layer(sharing_components, sharing, self.layer_keys)
-        self.share_params = [1 if sharing == "softmax" else 2 if k == 1 else 3 * k for k in self.sharing_components]
+        share_params = [1 if sharing == "softmax" else 2 if k == 1 else 3 * k for k in self.sharing_components]
         self.representation = ShowerRepresentation(cells)
         self.centroid_keys = _centroid_layers(cells_given_centroids or [], self.layer_shapes, cells_given_energies)
         self.centroids = (
@@ -264,7 +264,7 @@ class CaloVAE(LightningModule):
         brightest_outputs = [n + 1 if key in self.brightest_keys else 0 for n, key in zip(cells, self.layer_keys)]
         self.encoder = LayerwiseEncoder(cells, cond_dim, latent_dim, hidden, branch)
         self.decoder = LayerwiseDecoder(
-            cells, cond_dim, latent_dim, hidden, branch, self.share_params, cells_given_energies, extra_summaries,
+            cells, cond_dim, latent_dim, hidden, branch, share_params, cells_given_energies, extra_summaries,
             brightest_outputs, n_shares, BRIGHTEST_SHARE_COMPONENTS,
         )
         self.latent_flow = (
@@ -272,6 +272,12 @@ class CaloVAE(LightningModule):
             if latent_density == "flow"
             else None
         )
+
+    @property
+    def share_params(self) -> list[int]:
+        """Sharing parameters per cell of each layer, as the decoder's branches give them (1 softmax,
+        2 one Gaussian, 3 K a mixture of K; 5 two Gaussians in a copy folded for generation)."""
+        return self.decoder.share_params
 
     # --- data in the model's representation ----------------------------------------------------
     def _cells(self, batch: dict) -> list[torch.Tensor]:
@@ -566,7 +572,7 @@ class CaloVAE(LightningModule):
             brightest = self.brightest_shares.decode(brightest)
         showers = {}
         for i, (key, shape) in enumerate(self.layer_shapes.items()):
-            p, sp, n = self.decoder.share_params[i], share_params[i], hit_logits[i].shape[1]
+            p, sp, n = self.share_params[i], share_params[i], hit_logits[i].shape[1]
             if key in self.brightest_keys:
                 sp, location = sp.split([p * n, n + 1], dim=1)
                 r = self.hparams.brightest_cells
