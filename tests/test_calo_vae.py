@@ -794,7 +794,9 @@ def test_bfloat16_generation_draws_the_float32_showers_up_to_rounding():
         assert float(((a > 0) != (b > 0)).float().mean()) < 0.01
         full = both.sum(1) == (a > 0).sum(1)  # rows with the same hit cells keep the same layer energy
         torch.testing.assert_close(a[full].sum(1), b[full].sum(1), rtol=5e-3, atol=1e-3)
-        assert not torch.equal(a[full].sum(1), b[full].sum(1))  # the trunk runs in bfloat16 too
+        # the trunk runs in bfloat16 too: the layer energies move by more than float32 rounding
+        layer_shift = ((b[full].sum(1) - a[full].sum(1)).abs() / a[full].sum(1).clamp_min(1e-30)).max()
+        assert float(layer_shift) > 1e-4
         relative = ((b - a).abs() / a.clamp_min(1e-30))[both]
         assert float(relative.median()) < 0.04 and 0 < float(relative.max())
 
