@@ -1,4 +1,4 @@
-"""The ``hepgen`` command: LightningCLI for ``fit|validate|test|predict``, plus ``hepgen data``.
+"""The ``hepgen`` command: LightningCLI for ``fit|validate|test|predict`` and ``export``, plus ``hepgen data``.
 
 YAML configs name classes by their short names (``class_path: CaloVAE``); this works because
 every plugin package is imported here and class names are unique across them.
@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
@@ -175,6 +176,12 @@ class HepgenCLI(LightningCLI):
         parser._subcommands_action.add_subcommand(
             "data", data, help="Make data in the real formats: hepgen data list | hepgen data make NAME --out DIR."
         )
+        # `hepgen export`: a run's config and checkpoint, as test and predict take them, and no Trainer method
+        export = self.init_parser(description=_short_doc(HepgenCLI.export))
+        self._add_arguments(export)
+        self._subcommand_method_arguments["export"] = export.add_method_arguments(HepgenCLI, "export")
+        self._subcommand_parsers["export"] = export
+        parser._subcommands_action.add_subcommand("export", export, help=_short_doc(HepgenCLI.export))
         study = ArgumentParser(description="Weak-supervision anomaly-detection studies.")
         parser._subcommands_action.add_subcommand(
             "ad", study, help="Anomaly-detection studies: hepgen ad run|report -c experiments/ad/study_*.yaml."
@@ -208,6 +215,11 @@ class HepgenCLI(LightningCLI):
                 raise ConfigValueError(f"--run.threads {cfg.run.threads}: give at least 1 thread.")
             torch.set_num_threads(cfg.run.threads)
         ckpt_path = cfg.get("ckpt_path")
+        if self.subcommand == "export" and ckpt_path is None:
+            raise ConfigValueError(
+                "hepgen export needs --ckpt_path: best or last (of the run the config names, or the newest run "
+                "of its experiment) or a checkpoint file."
+            )
         self.run_dir = resolve_run_dir(cfg.run, cfg.get("config"), self.subcommand, ckpt_path)
         resolve_run_references(cfg.model, cfg.run.root)  # run:<experiment>@latest:last -> a file
         if self.subcommand == "fit":
@@ -222,6 +234,8 @@ class HepgenCLI(LightningCLI):
                 "Pass --ckpt_path best or last (the newest run of this experiment) or a checkpoint file."
             )
         cfg.ckpt_path = resolve_ckpt_path(self.run_dir, ckpt_path, self.subcommand)
+        if self.subcommand == "export":
+            cfg.trainer.logger = False  # nothing is trained or evaluated: no W&B run
         place_loggers(cfg.trainer, self.run_dir, cfg.run.experiment, str(cfg.run.version))
         self._has_checkpoint_callback = place_checkpoint_callbacks(cfg.trainer, self.run_dir)
 
@@ -229,11 +243,49 @@ class HepgenCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if ckpt_path is not None:
             check_matches(self.model, ckpt_path)
+        if subcommand == "export":
+            args = self.config_init[subcommand]
+            self.export(**{k: args[k] for k in self._subcommand_method_arguments[subcommand]})
+            return
         super()._run_subcommand(subcommand)
         trainer = self.trainer
         if subcommand == "fit" and trainer.is_global_zero and not trainer.interrupted and not trainer.fast_dev_run:
             # run:<experiment>@latest now means this run; a fast_dev_run saves no checkpoint to point at
             update_latest_link(self.run_dir)
+
+    def export(
+        self,
+        ckpt_path: str | None = None,
+        format: Literal["onnx"] = "onnx",
+        precision: Literal["float64", "float32"] = "float64",
+        out: Path | None = None,
+    ) -> None:
+        """Write a trained model's generators as ONNX graphs, with a JSON sidecar each.
+
+        Args:
+            ckpt_path: best, last or a checkpoint file (required).
+            format: the file format (ONNX).
+            precision: what the graphs compute in; float64 reproduces torch to rounding in ONNX
+                Runtime, float32 is about twice as fast there (hepgen.export).
+            out: a new folder for the files (default ``<run dir>/export/<checkpoint name>``).
+        """
+        from hepgen.export import check_exportable, checkpoint_source, export_onnx
+
+        check_exportable(self.model)
+        if out is None:
+            if self.run_dir in CREATED_RUN_DIRS:  # a checkpoint from outside any run of this experiment
+                raise ConfigValueError(
+                    f"--ckpt_path {ckpt_path} is not in a run directory: say where to write, --out DIR."
+                )
+            out = self.run_dir / "export" / Path(ckpt_path).stem
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        self.model.on_load_checkpoint(checkpoint)
+        self.model.load_state_dict(checkpoint["state_dict"])
+        source = checkpoint_source(Path(ckpt_path), checkpoint, self.run_dir, self.config.get("config"))
+        files = export_onnx(self.model, Path(out), precision, source)
+        if not Path(out).resolve().is_relative_to(self.run_dir.resolve()):
+            remove_unused_run_dirs()  # the run folder chosen for a checkpoint from elsewhere stays empty
+        print(f"hepgen: exported {', '.join(f.name for f in files)} (each with a .json sidecar) to {out}")
 
     def instantiate_trainer(self, **kwargs):
         if self.subcommand is None:
@@ -257,6 +309,10 @@ class HepgenCLI(LightningCLI):
         kwargs.setdefault("default_root_dir", str(self.run_dir))
         kwargs.setdefault("callbacks", configured + extra)
         return super().instantiate_trainer(**kwargs)
+
+
+def _short_doc(fn) -> str:
+    return inspect.getdoc(fn).split("\n")[0]
 
 
 def default_checkpoints(dirpath: Path, monitor: str | None, mode: str, every_n_epochs: int) -> list[ModelCheckpoint]:

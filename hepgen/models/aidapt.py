@@ -16,6 +16,7 @@ non-saturating generator update. Shapes: B events, scaled units unless stated.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -318,14 +319,19 @@ class FoldingGAN(_AIDAPTGAN):
         return torch.cat([vertex_scaled, s_scaled], dim=1)
 
     def fold_scaled(
-        self, vertex_scaled: torch.Tensor, s_scaled: torch.Tensor | None, generator: torch.Generator | None = None
+        self,
+        vertex_scaled: torch.Tensor,
+        s_scaled: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scaled vertex invariants (B, 4) [and s (B, 1)] -> scaled detector invariants (B, 4).
+        """Scaled vertex invariants (B, 4) [and s (B, 1)] -> scaled detector invariants (B, 4), with
+        ``noise`` (B, noise_dim) standard normal given or drawn from ``generator``.
 
         Differentiable in ``vertex_scaled`` (the unfolding GAN trains through it).
         """
         label = self.generator_label(vertex_scaled, s_scaled)
-        noise = self._noise(len(label), generator)
+        noise = self._noise(len(label), generator) if noise is None else noise
         generator_net = self.network("generator")  # the averaged copy in evaluation, if any
         if self.hparams.residual_scale is None:
             return generator_net(label, noise)
@@ -375,6 +381,18 @@ class FoldingGAN(_AIDAPTGAN):
         samples = _level_samples("detector", batch["detector"], generated, self.d_scaler, self.discriminator_label(batch))
         samples["detector_s"] = (batch["s_detector"], batch["s_vertex"])  # each side's s, for the physical region
         return samples
+
+    def export_graphs(self, dtype: torch.dtype = torch.float64) -> list:
+        """The folding generator as one graph for :mod:`hepgen.export`: vertex invariants, s and the
+        noise -> detector invariants, in physical units, computed in ``dtype``."""
+        from hepgen.export import GeneratorGraph
+
+        graph = _AIDAPTGraph(self, dtype, "fold")
+        vertex = _invariants_spec("vertex_invariants", "vertex-level", self.v_scaler)
+        inputs = [vertex, _s_spec(self), _noise_spec(self)]
+        notes = [] if self.hparams.condition_on_s else ["This folding GAN is not conditioned on s: s is fed, not used."]
+        outputs = [_invariants_spec("detector_invariants", "generated detector-level", None)]
+        return [GeneratorGraph("folding_generator", graph, inputs, outputs, "A(i)DAPT folding generator", notes)]
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         # global random stream: `--seed_everything` chooses the sample
@@ -444,9 +462,13 @@ class UnfoldingGAN(_AIDAPTGAN):
     def s_scaler(self) -> MinMaxScaler:
         return self.folding.s_scaler
 
-    def unfold_scaled(self, s_scaled: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled s (B, 1) -> generated scaled vertex invariants (B, 4)."""
-        return self.network("generator")(s_scaled, self._noise(len(s_scaled), generator))
+    def unfold_scaled(
+        self, s_scaled: torch.Tensor, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scaled s (B, 1) -> generated scaled vertex invariants (B, 4), with ``noise`` (B, noise_dim)
+        standard normal given or drawn from ``generator``."""
+        noise = self._noise(len(s_scaled), generator) if noise is None else noise
+        return self.network("generator")(s_scaled, noise)
 
     @torch.no_grad()
     def unfold(self, s: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -487,9 +509,74 @@ class UnfoldingGAN(_AIDAPTGAN):
             samples["vertex_s"] = (batch["s_vertex"], batch["s_detector"])
         return samples
 
+    def export_graphs(self, dtype: torch.dtype = torch.float64) -> list:
+        """The unfolding generator as one graph for :mod:`hepgen.export`: s and the noise -> unfolded
+        vertex invariants in physical units, computed in ``dtype`` (the folding generator it was
+        trained through is exported from its own run)."""
+        from hepgen.export import GeneratorGraph
+
+        graph = _AIDAPTGraph(self, dtype, "unfold")
+        outputs = [_invariants_spec("vertex_invariants", "unfolded vertex-level", None)]
+        return [GeneratorGraph("unfolding_generator", graph, [_s_spec(self), _noise_spec(self)], outputs,
+                               "A(i)DAPT unfolding generator")]  # fmt: skip
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         vertex = self.unfold(batch["s_detector"])
         return {"invariants": vertex, "s": batch["s_detector"], "phi": batch["phi_detector"], "level": "vertex"}
+
+
+#: Units of the four invariants (INVARIANT_NAMES): three Mandelstam-like masses squared and an angle.
+INVARIANT_UNITS = "GeV^2, GeV^2, GeV^2, rad"
+
+
+class _AIDAPTGraph(torch.nn.Module):
+    """A folding or unfolding GAN's generator on positional float32 tensors in physical units, for a
+    graph export: ``fold``: vertex invariants (B, 4), s (B, 1) GeV^2, noise (B, noise_dim) ->
+    (detector invariants (B, 4),); ``unfold``: s (B, 1), noise -> (vertex invariants (B, 4),)."""
+
+    def __init__(self, model: _AIDAPTGAN, dtype: torch.dtype, direction: str) -> None:
+        super().__init__()
+        if not bool(model.v_scaler.fitted):
+            raise ConfigValueError(f"{type(model).__name__}: its scalers are not fitted; export a trained model.")
+        self.model = copy.deepcopy(model).cpu().eval().to(dtype)
+        self.dtype, self.direction = dtype, direction
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor]:
+        model = self.model
+        *given, noise = (x.to(self.dtype) for x in inputs)
+        if self.direction == "fold":
+            vertex, s = given
+            scaled = model.fold_scaled(model.v_scaler(vertex), model.s_scaler(s), noise=noise)
+            return (model.d_scaler.inverse(scaled).float(),)
+        (s,) = given
+        return (model.v_scaler.inverse(model.unfold_scaled(model.s_scaler(s), noise=noise)).float(),)
+
+
+def _scaler_range(scaler: MinMaxScaler) -> list[tuple[float, float]]:
+    return [(float(lo), float(lo + width)) for lo, width in zip(scaler.data_min, scaler.data_range)]
+
+
+def _invariants_spec(name: str, what: str, scaler: MinMaxScaler | None):
+    from hepgen.export import TensorSpec
+
+    return TensorSpec(
+        name, (len(INVARIANT_NAMES),), INVARIANT_UNITS, f"{what} invariants {', '.join(INVARIANT_NAMES)}",
+        valid_range=None if scaler is None else _scaler_range(scaler),
+    )
+
+
+def _s_spec(model: _AIDAPTGAN):
+    from hepgen.export import TensorSpec
+
+    return TensorSpec("s", (1,), "GeV^2", "squared centre-of-mass energy of the event",
+                      valid_range=_scaler_range(model.s_scaler)[0])  # fmt: skip
+
+
+def _noise_spec(model: _AIDAPTGAN):
+    from hepgen.export import TensorSpec
+
+    return TensorSpec("noise", (model.hparams.noise_dim,), "", "the generator's latent noise",
+                      distribution="normal(0, 1)")  # fmt: skip
 
 
 def _wrap_periodic(x: torch.Tensor) -> torch.Tensor:

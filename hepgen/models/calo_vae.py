@@ -238,6 +238,9 @@ class CaloVAE(LightningModule):
             raise ConfigValueError(f"model generation_dtype={generation_dtype!r}: choose 'float32' or 'bfloat16'.")
         self.save_hyperparameters()
         self._predict_generator: CompiledShowerGenerator | None = None  # set for a predict (compile_generation)
+        # (lowest, highest) incident energy of the training showers, GeV: the valid range of an
+        # exported generator's condition; kept in the checkpoint (None in checkpoints from before)
+        self.incident_energy_range_gev: tuple[float, float] | None = None
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         shapes = layer_shapes or LAYER_SHAPES
@@ -323,6 +326,7 @@ class CaloVAE(LightningModule):
                 f"the data hold {n_data} particle species but the model was built with num_particles="
                 f"{self.hparams.num_particles}; set model num_particles to the number of the datamodule's particles."
             )
+        self.incident_energy_range_gev = (float(data["energy"].min()), float(data["energy"].max()))
         # Statistics are fitted once, on training data, and then live in the checkpoint.
         if not bool(self.representation.fitted):
             cells = [data[k].flatten(1).to(self.device) for k in self.layer_keys]
@@ -586,6 +590,61 @@ class CaloVAE(LightningModule):
             showers[key] = (share * layer_energy[:, i : i + 1]).reshape(-1, *shape)
         return showers
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.incident_energy_range_gev is not None:
+            checkpoint["incident_energy_range_gev"] = list(self.incident_energy_range_gev)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        energy_range = checkpoint.get("incident_energy_range_gev")
+        self.incident_energy_range_gev = None if energy_range is None else tuple(energy_range)
+
+    def export_graphs(self, dtype: torch.dtype = torch.float64) -> list:
+        """The generator as one graph for :mod:`hepgen.export`: incident energy (and particle), and the
+        random numbers of :meth:`generation_noise` -> the showers in MeV, computed in ``dtype`` on
+        a copy of the model (each cell's two weight logits folded into one, no bfloat16)."""
+        from hepgen.export import GeneratorGraph, TensorSpec
+
+        model = copy.deepcopy(self).cpu().eval()
+        model.hparams.generation_dtype = "float32"  # then cast to dtype: the whole graph in one precision
+        model.decoder.fold_two_component_logits()
+        model.to(dtype)
+        graph = ShowerGraph(model, dtype)
+        inputs = [
+            TensorSpec(
+                "incident_energy_gev", (1,), "GeV", "incident energy of the particle",
+                valid_range=self.incident_energy_range_gev,
+            )
+        ]
+        if graph.with_particle:
+            inputs.append(
+                TensorSpec(
+                    "particle", (), "", "particle species, as the datamodule numbers them", dtype="int64",
+                    valid_range=(0, self.hparams.num_particles - 1),
+                )
+            )
+        kinds = {"latent": "latent code's base draw", "summaries": "layer energies' (and centres') draws"}
+        for key, n in zip(graph.noise_keys, graph.noise_sizes):
+            normal = key in kinds
+            inputs.append(
+                TensorSpec(
+                    "noise_" + key.replace("/", "_"), (n,), "",
+                    kinds.get(key, f"one uniform per draw of {key}"),
+                    distribution="normal(0, 1)" if normal else "uniform[0, 1)",
+                )
+            )
+        outputs = [
+            TensorSpec(key, shape, "MeV", f"cell energies of {key}") for key, shape in self.layer_shapes.items()
+        ]
+        notes = [
+            "Draw every noise input independently for every event, from the distribution it names; "
+            "the same inputs give the same showers.",
+            f"Layers in the order of the outputs: {', '.join(self.layer_keys)} (CaloGAN: (eta, phi) cells; "
+            "CaloChallenge: the voxels of each layer in the binning file's order).",
+        ]
+        if self.incident_energy_range_gev is None:
+            notes.append("The training range of the incident energy is not recorded in this checkpoint.")
+        return [GeneratorGraph("calo_vae_generator", graph, inputs, outputs, "CaloVAE shower generator", notes)]
+
     @torch.no_grad()
     def evaluation_samples(self, batch: dict, generator: torch.Generator) -> dict[str, tuple]:
         """The evaluation protocol: ``{name: (reference, generated)}`` for the B showers of ``batch``.
@@ -621,6 +680,30 @@ class CaloVAE(LightningModule):
         generate = self._predict_generator or self.generate
         showers = generate(batch["energy"], batch.get("particle"))
         return {"energy": batch["energy"], **showers}
+
+
+class ShowerGraph(nn.Module):
+    """:meth:`CaloVAE.showers_from_noise` on positional tensors, for a graph export.
+
+    Inputs: ``incident_energy_gev`` (B, 1) GeV, ``particle`` (B,) int64 when the model has several
+    species, then the random numbers (B, n) in the order of :meth:`CaloVAE.generation_noise`, all
+    float32 and cast to ``dtype``; outputs: each layer's cells (B, *shape) in MeV, float32.
+    """
+
+    def __init__(self, model: CaloVAE, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+        self.with_particle = model.hparams.num_particles > 1
+        shapes = model.generation_noise(1, torch.Generator(device=model.device))  # a local stream: no global draw
+        self.noise_keys = tuple(shapes)
+        self.noise_sizes = tuple(x.shape[1] for x in shapes.values())
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        energy_gev, rest = inputs[0].to(self.dtype), inputs[1:]
+        particle = rest[0] if self.with_particle else None
+        noise = {k: x.to(self.dtype) for k, x in zip(self.noise_keys, rest[int(self.with_particle) :])}
+        showers = self.model.showers_from_noise(energy_gev, particle, noise)
+        return tuple(showers[k].float() for k in self.model.layer_keys)
 
 
 class CompiledShowerGenerator:

@@ -38,6 +38,8 @@ class MinMaxScaler(nn.Module):
         return self
 
     def _check(self) -> None:
+        if torch.compiler.is_exporting():  # a graph cannot branch on a buffer: the exporter checks first
+            return
         if not bool(self.fitted):
             raise RuntimeError("the scaler is not fitted: fit it on training data (or load a checkpoint) first.")
 

@@ -35,7 +35,10 @@ ENERGY_SCALE_GEV = 10.0
 
 def condition_features(energy_gev: torch.Tensor, particle: torch.Tensor, num_particles: int) -> torch.Tensor:
     """Condition vector (B, 1 + num_particles if > 1) from E_inc (B, 1) GeV and particle labels (B,)."""
-    features = [torch.log10(energy_gev / ENERGY_SCALE_GEV)]
+    x = energy_gev / ENERGY_SCALE_GEV
+    # torch.onnx writes log10 with ln 10 rounded to float32 (up to 1e-5 apart in the draws of a float64
+    # graph's tails); spelt out, the constant is one hepgen.export restores exactly
+    features = [torch.log(x) / math.log(10.0) if torch.compiler.is_exporting() else torch.log10(x)]
     if num_particles > 1:
         features.append(nn.functional.one_hot(particle.long(), num_particles).to(energy_gev.dtype))
     return torch.cat(features, dim=1)
@@ -231,10 +234,10 @@ class LayerwiseDecoder(nn.Module):
 
     def energies(self, z: torch.Tensor, cond: torch.Tensor, trunk_bfloat16: bool = False):
         """The trunk's features h (B, hidden) and the layer energies' mean and log-variance (B, L),
-        (B, L + extra_summaries) with the extra summaries, all float32; ``trunk_bfloat16`` runs the
-        trunk (under autocast) in bfloat16, the energy head still in float32."""
+        (B, L + extra_summaries) with the extra summaries, all float32 (float64 in a float64 model);
+        ``trunk_bfloat16`` runs the trunk (under autocast) in bfloat16, the energy head still in float32."""
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=trunk_bfloat16):
-            h = self.trunk(torch.cat([z, cond], dim=1)).float()
+            h = widened(self.trunk(torch.cat([z, cond], dim=1)))
         e_mean, e_log_var = self.energy_head(h).chunk(2, dim=1)
         return h, e_mean, e_log_var.clamp(-10.0, 5.0)
 
@@ -493,6 +496,12 @@ _ERFINV_TAIL = (
 )  # fmt: skip
 
 
+def widened(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 (from bfloat16 network outputs), or as it is in float64: sampling computes in
+    at least float32, and in float64 throughout in a model exported in float64 (:mod:`hepgen.export`)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _horner(coefficients: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
     """The polynomial with ``coefficients`` (highest power first) at ``x``."""
     result = torch.full_like(x, coefficients[0])
@@ -533,16 +542,16 @@ def gaussian_mixture_from_uniform(
     The component's parameters are picked by comparisons, not gathered, so the whole draw is
     element-wise (and fuses when compiled).
     """
-    weight = torch.softmax(logits.float(), dim=1)
+    weight = torch.softmax(widened(logits), dim=1)
     upper, width = weight[:, 0], weight[:, 0]
     low = torch.zeros_like(v)
-    mu, sigma_log = mean[:, 0].float(), log_scale[:, 0].float()
+    mu, sigma_log = widened(mean[:, 0]), widened(log_scale[:, 0])
     for k in range(1, weight.shape[1]):
         beyond = v >= upper  # past component k - 1: component k or later
         low = torch.where(beyond, upper, low)
         width = torch.where(beyond, weight[:, k], width)
-        mu = torch.where(beyond, mean[:, k].float(), mu)
-        sigma_log = torch.where(beyond, log_scale[:, k].float(), sigma_log)
+        mu = torch.where(beyond, widened(mean[:, k]), mu)
+        sigma_log = torch.where(beyond, widened(log_scale[:, k]), sigma_log)
         upper = upper + weight[:, k]
     return _gaussian_from_uniform(((v - low) / width).clamp(0.0, 1.0), mu, sigma_log)
 
@@ -574,12 +583,12 @@ def two_gaussians_from_uniform(
     Args:
         logit_difference: (B, n); mean, log_scale: (B, 2, n); v: (B, n) uniforms on [0, 1).
     """
-    e = torch.exp(logit_difference.float().clamp(-80.0, 80.0))
+    e = torch.exp(widened(logit_difference).clamp(-80.0, 80.0))
     t = v * (1.0 + e)
     second = t >= 1.0
     v_component = torch.where(second, v - (1.0 - v) / e, t)
-    mu = torch.where(second, mean[:, 1].float(), mean[:, 0].float())
-    sigma_log = torch.where(second, log_scale[:, 1].float(), log_scale[:, 0].float())
+    mu = torch.where(second, widened(mean[:, 1]), widened(mean[:, 0]))
+    sigma_log = torch.where(second, widened(log_scale[:, 1]), widened(log_scale[:, 0]))
     return _gaussian_from_uniform(v_component, mu, sigma_log)
 
 
@@ -597,19 +606,19 @@ def cells_from_uniform(
     # v < 1. A logit below -80 (p < 2e-35, and -inf where a cell is ruled out) is never hit and its
     # e^-logit is capped, so that nothing here is inf or NaN: inductor compiles its C++ assuming
     # finite math, where a comparison with NaN is not reliable
-    logit = hit_logits.float()
+    logit = widened(hit_logits)
     v = u * (1.0 + torch.exp((-logit).clamp(max=80.0)))
     hits = (v < 1.0) & (logit > -80.0)
     if share_params == 1:
-        log_fraction = params.float()
+        log_fraction = widened(params)
     else:
         v = v.clamp(max=1.0)  # uniform on [0, 1) given a hit: the pass that reuses u
         if share_params == 2:
-            mean, log_scale = params.float().chunk(2, dim=1)
+            mean, log_scale = widened(params).chunk(2, dim=1)
             log_fraction = _gaussian_from_uniform(v, mean, log_scale)
         elif share_params in (5, 6):
             logits, means, log_scales = params.split([(share_params - 4) * n, 2 * n, 2 * n], dim=1)
-            d = logits if share_params == 5 else logits[:, n:].float() - logits[:, :n].float()
+            d = logits if share_params == 5 else widened(logits[:, n:]) - widened(logits[:, :n])
             means, log_scales = means.unflatten(1, (2, n)), log_scales.unflatten(1, (2, n))
             log_fraction = two_gaussians_from_uniform(d, means, log_scales, v)
         else:
@@ -770,7 +779,7 @@ def brightest_first_from_uniform(
     """:func:`sample_cells_brightest_first` with its uniforms given: ``u_brightest`` (B, r) pick
     the brightest cells' locations, ``u_cells`` (B, n) draw the other cells."""
     n, ranks = hit_logits.shape[1], shares.shape[1]
-    location, hit_logits = location.float(), hit_logits.float()
+    location, hit_logits = widened(location), widened(hit_logits)
     cells, done = [], torch.zeros_like(u_brightest[:, :1], dtype=torch.bool)
     for j in range(ranks):
         upper = torch.softmax(location, dim=1).cumsum(dim=1)
@@ -784,6 +793,6 @@ def brightest_first_from_uniform(
     whole_share = torch.ones_like(u_brightest[:, :1])  # what a drawn cell holds when no cell after it is hit
     for j in reversed(range(ranks)):
         cell, done = cells[j]
-        share = torch.where(fractions.sum(1, keepdim=True) > 0, shares[:, j : j + 1].float(), whole_share)
+        share = torch.where(fractions.sum(1, keepdim=True) > 0, widened(shares[:, j : j + 1]), whole_share)
         fractions = (fractions * (1.0 - share)).scatter(1, cell, share).masked_fill(done, 0.0)
     return fractions
