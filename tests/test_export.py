@@ -21,6 +21,7 @@ from hepgen.models.aidapt import FoldingGAN, UnfoldingGAN
 from hepgen.physics.calo_geometry import LAYER_KEYS
 from hepgen.synth.calogan import ZERO_SUPPRESSION_MEV, simulate_showers
 from tests.conftest import tiny_args
+from tests.test_cli_runs import _one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 #: Inputs per parity check: the issue's 1,000 and more, a batch of one, and one larger than the
@@ -194,16 +195,6 @@ def test_cli_exports_a_trained_run_that_a_caller_without_hepgen_runs(calogan_dir
         got = torch.from_numpy(caller[key]).flatten(1)
         assert (got >= 0).all() and got.sum() > 0
         _assert_same_showers_up_to_float32(got, expected[key].flatten(1))
-
-
-def _one_line_error(capsys, args: list[str], monkeypatch) -> str:
-    monkeypatch.delenv("HEPGEN_DEBUG", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("hepgen: error: "), err
-    return err[0]
 
 
 def test_bad_exports_are_one_line_and_leave_nothing_behind(calogan_dir, tmp_path, capsys, monkeypatch):
