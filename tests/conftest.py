@@ -183,3 +183,24 @@ def lhco_sr_like_dir(tmp_path_factory) -> Path:
     for name, (n_b, n_s) in {"sr_data_train": (3000, 150), "sr_data_val": (3000, 50), "sr_signal": (0, 1500)}.items():
         np.save(folder / f"{name}.npy", rows(n_b, n_s))
     return folder
+
+
+def full_calo_vae():
+    """A tiny CaloVAE (eval mode) with every generation path of the quickstart (flow with a support
+    box, centres, two Gaussians per cell, two brightest cells drawn first) and two particle species,
+    its statistics fitted on 300 made showers."""
+    from hepgen.models import CaloVAE
+    from hepgen.physics.calo_geometry import LAYER_KEYS
+    from hepgen.synth.calogan import simulate_showers
+
+    torch.manual_seed(0)
+    model = CaloVAE(latent_dim=4, hidden=32, branch=16, num_particles=2, sharing="lognormal", latent_density="flow",
+                    cells_given_energies=True, cells_given_centroids=list(LAYER_KEYS), sharing_components=[2, 2, 2],
+                    brightest_cell_layers=["layer_2"], brightest_cells=2)  # fmt: skip
+    showers = {k: torch.from_numpy(v) for k, v in simulate_showers(300, seed=4).items()}
+    cells = [showers[k].flatten(1) for k in LAYER_KEYS]
+    model.representation.fit(cells, showers["energy"])
+    model.centroids.fit(cells)
+    model.brightest_shares.fit(cells[2:])
+    model.latent_flow.widen_support(torch.full((4,), -1.0), torch.full((4,), 1.0))
+    return model.eval()

@@ -23,7 +23,7 @@ from hepgen.nn.shower import ShowerRepresentation, sample_cells
 from hepgen.physics.calo_geometry import LAYER_KEYS
 from hepgen.physics.calo_observables import compute_observables
 from hepgen.synth.calogan import simulate_showers
-from tests.conftest import tiny_args, with_lazy_training_split
+from tests.conftest import full_calo_vae, tiny_args, with_lazy_training_split
 
 
 @pytest.mark.parametrize(
@@ -1224,17 +1224,7 @@ def test_compiled_generator_makes_the_showers_of_generate_and_is_a_snapshot(monk
     import hepgen.models.calo_vae as calo_vae
     from hepgen.models import CompiledShowerGenerator
 
-    torch.manual_seed(0)
-    model = CaloVAE(latent_dim=4, hidden=32, branch=16, num_particles=2, sharing="lognormal", latent_density="flow",
-                    cells_given_energies=True, cells_given_centroids=list(LAYER_KEYS), sharing_components=[2, 2, 2],
-                    brightest_cell_layers=["layer_2"], brightest_cells=2)  # fmt: skip
-    showers = {k: torch.from_numpy(v) for k, v in simulate_showers(300, seed=4).items()}
-    cells = [showers[k].flatten(1) for k in LAYER_KEYS]
-    model.representation.fit(cells, showers["energy"])
-    model.centroids.fit(cells)
-    model.brightest_shares.fit(cells[2:])
-    model.latent_flow.widen_support(torch.full((4,), -1.0), torch.full((4,), 1.0))
-    model.eval()
+    model = full_calo_vae()
     monkeypatch.setattr(calo_vae, "CPU_GENERATION_CHUNK", 64)
     compiled = CompiledShowerGenerator(model, chunk=64)
     assert model.decoder.share_params == [6, 6, 6] and compiled.model.decoder.share_params == [5, 5, 5]

@@ -19,8 +19,8 @@ from hepgen.cli import main
 from hepgen.models import CaloVAE
 from hepgen.models.aidapt import FoldingGAN, UnfoldingGAN
 from hepgen.physics.calo_geometry import LAYER_KEYS
-from hepgen.synth.calogan import ZERO_SUPPRESSION_MEV, simulate_showers
-from tests.conftest import tiny_args
+from hepgen.synth.calogan import ZERO_SUPPRESSION_MEV
+from tests.conftest import full_calo_vae, tiny_args
 from tests.test_cli_runs import _one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,20 +30,10 @@ PARITY_BATCHES = (1, 1000, 3 * export.EXAMPLE_BATCH + 5)
 
 
 def _full_calo_vae() -> CaloVAE:
-    """A tiny CaloVAE with every generation path of the quickstart (flow with a support box, centres,
-    two Gaussians per cell, two brightest cells drawn first) and two particle species."""
-    torch.manual_seed(0)
-    model = CaloVAE(latent_dim=4, hidden=32, branch=16, num_particles=2, sharing="lognormal", latent_density="flow",
-                    cells_given_energies=True, cells_given_centroids=list(LAYER_KEYS), sharing_components=[2, 2, 2],
-                    brightest_cell_layers=["layer_2"], brightest_cells=2)  # fmt: skip
-    showers = {k: torch.from_numpy(v) for k, v in simulate_showers(300, seed=4).items()}
-    cells = [showers[k].flatten(1) for k in LAYER_KEYS]
-    model.representation.fit(cells, showers["energy"])
-    model.centroids.fit(cells)
-    model.brightest_shares.fit(cells[2:])
-    model.latent_flow.widen_support(torch.full((4,), -1.0), torch.full((4,), 1.0))
+    """The tests' CaloVAE with every generation path, with a recorded training energy range."""
+    model = full_calo_vae()
     model.incident_energy_range_gev = (1.0, 100.0)
-    return model.eval()
+    return model
 
 
 def _run_both(graph: export.GeneratorGraph, batch: int, seed: int):
