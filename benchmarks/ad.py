@@ -15,18 +15,21 @@ busy at the start, as ``benchmarks/calo_vae.py`` chooses).
    (4 x 64, Adam 1e-3 with its per-epoch cosine decay, batch 256, the data's control region cut to
    50,000 events by ``RegionDataModule(max_events=...)``, split 80/20) is fitted by a bare
    ``lightning.Trainer`` (no logger, checkpoints, progress bar or model summary; validation off,
-   since the plain loop has none). The plain loop trains the same nflows MAF
-   (:func:`hepgen.nn.maf.conditional_maf`, the same initial weights) with Adam and the same
-   cosine schedule, on the training split standardised once beforehand (hepgen's model
-   standardises every batch in float64 inside its step; that cost counts against hepgen), over the
-   same batches in the same order (the permutation of hepgen's ``EpochShuffleSampler``). The plain
-   epoch runs inside the Trainer's ``on_train_epoch_start``, so the two epochs of a pair see the
-   same machine load; a Trainer epoch is timed from the end of that hook to the start of the next
-   epoch's (data loading, hooks, logging and the scheduler step included). Losses are checked to
-   agree bit for bit at every step. Reported after ``--warmup`` epochs: the median of the per-pair
-   ratios Trainer/plain with its 95 % confidence interval (``--pairs`` pairs; goal <= 1.05, called
-   only when the whole interval lies on one side), steps/s and events/s of each side, and the
-   Trainer's start-up (files read, split, scalers fitted) once per fit.
+   since the plain loop has none). The plain loop, the reference, trains the same nflows MAF
+   (:func:`hepgen.nn.maf.conditional_maf`, the same initial weights) as the seed does: PyTorch's
+   default Adam and the same cosine schedule, on the training split standardised once beforehand
+   (hepgen's model standardises every batch in float64 inside its step; that cost counts against
+   hepgen), over the same batches in the same order (the permutation of hepgen's
+   ``EpochShuffleSampler``). A second plain loop uses Adam's fused kernel, as hepgen's flow does:
+   its losses must equal the Trainer's bit for bit at every step, and Trainer/that loop is the
+   Trainer's own cost, like for like. The plain epochs run inside the Trainer's
+   ``on_train_epoch_start``, so the epochs of a pair see the same machine load; a Trainer epoch is
+   timed from the end of that hook to the start of the next epoch's (data loading, hooks, logging
+   and the scheduler step included). Reported after ``--warmup`` epochs: the median of the per-pair
+   ratios Trainer/plain (the seed's Adam) with its 95 % confidence interval (``--pairs`` pairs; goal
+   <= 1.05, called only when the whole interval lies on one side), the same against the fused plain
+   loop, steps/s and events/s of each side, and the Trainer's start-up (files read, split, scalers
+   fitted) once per fit.
 2. Sampling ``--sample-events`` (400,000) template events from the trained flow, 4 per context, at
    SR contexts drawn as the config draws them (``kde_sr``): ``ConditionalFlow.sample_template``
    against a plain loop that standardises the contexts, calls nflows' ``Flow.sample`` and maps
@@ -146,16 +149,20 @@ def region_data(folder: Path, kind: str, max_events: int, batch_size: int, conte
 
 # ------------------------------------------------------------------------------- 1. MAF training epoch
 class PlainMAF:
-    """The plain loop: the same nflows MAF, Adam and cosine schedule, on tensors standardised once."""
+    """The plain loop: the same nflows MAF, Adam and cosine schedule, on tensors standardised once.
+    ``fused``: Adam's fused kernel, as hepgen's flow uses it, or the default loop over parameters,
+    as the seed's code does."""
 
-    def __init__(self, model: ConditionalFlow, train: dict, batch_size: int, order_seed: int, epochs: int) -> None:
+    def __init__(
+        self, model: ConditionalFlow, train: dict, batch_size: int, order_seed: int, epochs: int, fused: bool
+    ) -> None:
         hp = model.hparams
         self.flow = conditional_maf(hp.n_features, hp.n_context, hp.transforms, hp.hidden, hp.blocks, hp.batch_norm)
         self.flow.load_state_dict(model.flow.state_dict())  # the Trainer's initial weights
         with torch.no_grad():  # the model's fitted statistics, the same float64 arithmetic as its step
             self.y = model.features(train["features"])[0]
             self.c = model.context(train["context"].to(torch.float64)).float()
-        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
         self.batch_size, self.order_seed = batch_size, order_seed
         self.losses: list[torch.Tensor] = []
@@ -177,11 +184,14 @@ class PlainMAF:
 
 
 class EpochPairs(Callback):
-    """Runs the plain loop's epoch e at the start of the Trainer's epoch e, then times the Trainer's."""
+    """Runs the plain loops' epoch e at the start of the Trainer's epoch e, then times the Trainer's.
+    Two plain loops: the seed's (default Adam), the reference, and one with hepgen's fused Adam,
+    whose losses must equal the Trainer's bit for bit (the Trainer's own cost, like for like)."""
 
     def __init__(self, batch_size: int, epochs: int) -> None:
         self.batch_size, self.epochs = batch_size, epochs
         self.plain: PlainMAF | None = None
+        self.fused: PlainMAF | None = None
         self.pairs: list[dict] = []
         self.losses: list[torch.Tensor] = []
         self.fit_called = self.startup = 0.0
@@ -199,9 +209,12 @@ class EpochPairs(Callback):
             self.startup = time.perf_counter() - self.fit_called
             datamodule = trainer.datamodule
             order_seed = datamodule.split_seed + 1  # hepgen's datamodules seed the training order so
-            self.plain = PlainMAF(pl_module, datamodule.training_sample(), self.batch_size, order_seed, self.epochs)
+            train = datamodule.training_sample()
+            self.plain = PlainMAF(pl_module, train, self.batch_size, order_seed, self.epochs, fused=False)
+            self.fused = PlainMAF(pl_module, train, self.batch_size, order_seed, self.epochs, fused=True)
             self.threads = torch.get_num_threads()
-        self.pairs.append({"plain": self.plain.epoch(trainer.current_epoch)})
+        epoch = trainer.current_epoch
+        self.pairs.append({"plain": self.plain.epoch(epoch), "plain_fused": self.fused.epoch(epoch)})
         self._start = clock()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -224,21 +237,25 @@ def bench_training(folder: Path, kind: str, hidden: int, sizes: dict, batch_size
     timed = pairs.pairs[sizes["warmup"] :]
     stats = spread([p["trainer"][0] / p["plain"][0] for p in timed])
     stats["cpu"] = spread([p["trainer"][1] / p["plain"][1] for p in timed])
-    n = min(len(pairs.losses), len(pairs.plain.losses))
-    same_losses = n == len(pairs.losses) == len(pairs.plain.losses) and all(
-        torch.equal(a, b) for a, b in zip(pairs.losses, pairs.plain.losses)
+    like_for_like = spread([p["trainer"][0] / p["plain_fused"][0] for p in timed])
+    fused_saving = spread([p["plain_fused"][0] / p["plain"][0] for p in timed])
+    n = min(len(pairs.losses), len(pairs.fused.losses))
+    same_losses = n == len(pairs.losses) == len(pairs.fused.losses) and all(
+        torch.equal(a, b) for a, b in zip(pairs.losses, pairs.fused.losses)
     )
+    seed_adam_close = max(abs(a - b).item() for a, b in zip(pairs.losses, pairs.plain.losses))
     n_train = len(pairs.plain.y)
     steps = math.ceil(n_train / batch_size)
     sides = {}
-    for side in ("plain", "trainer"):
+    for side in ("plain", "plain_fused", "trainer"):
         seconds = statistics.median(p[side][0] for p in timed)
         sides[side] = {"s_per_epoch": seconds, "cpu_s_per_epoch": statistics.median(p[side][1] for p in timed),
                        "steps_per_s": steps / seconds, "events_per_s": n_train / seconds}  # fmt: skip
     result = {"train_events": n_train, "steps_per_epoch": steps, "epochs": epochs, "warmup": sizes["warmup"],
-              "hidden": hidden, "ratio": stats, "sides": sides, "startup_s": pairs.startup,
-              "losses_identical": same_losses, "steps_compared": n, "threads_in_fit": pairs.threads}  # fmt: skip
-    return result, model, pairs.plain.flow, datamodule
+              "hidden": hidden, "ratio": stats, "ratio_same_adam": like_for_like, "fused_over_seed_adam": fused_saving,
+              "sides": sides, "startup_s": pairs.startup, "losses_identical": same_losses, "steps_compared": n,
+              "max_loss_diff_seed_adam": seed_adam_close, "threads_in_fit": pairs.threads}  # fmt: skip
+    return result, model, pairs.fused.flow, datamodule
 
 
 # ------------------------------------------------------------------------------- 2. sampling
@@ -459,15 +476,21 @@ def main(argv: list[str] | None = None) -> None:
         s, sides = train["ratio"], train["sides"]
         print(f"  training split {train['train_events']:,} events = {train['steps_per_epoch']} steps of "
               f"{args.batch_size}; Trainer start-up {train['startup_s']:.2f} s per fit")
-        for side, label in (("plain", "plain loop"), ("trainer", "Trainer")):
+        for side, label in (("plain", "plain loop, the seed's Adam"), ("plain_fused", "plain loop, fused Adam"),
+                            ("trainer", "Trainer (fused Adam)")):  # fmt: skip
             v = sides[side]
-            print(f"  {label:<10}: {v['s_per_epoch']:.3f} s/epoch ({v['cpu_s_per_epoch']:.3f} CPU-s), "
+            print(f"  {label:<27}: {v['s_per_epoch']:.3f} s/epoch ({v['cpu_s_per_epoch']:.3f} CPU-s), "
                   f"{v['steps_per_s']:.1f} steps/s, {v['events_per_s']:,.0f} events/s (medians)")
         print(f"  Trainer/plain wall: {ratio_text(s)}, min–max {s['min']:.3f}–{s['max']:.3f}, {s['n']} pairs; "
               f"goal ≤ {GOAL_TRAINER_RATIO}: {verdict(s, GOAL_TRAINER_RATIO)}")
         print(f"  Trainer/plain CPU : {ratio_text(s['cpu'])}")
-        print(f"  check: losses bit-identical at all {train['steps_compared']} steps: {train['losses_identical']}; "
-              f"torch threads in the fit: {train['threads_in_fit']}")
+        print(f"  Trainer/plain loop with the same fused Adam (the Trainer's own cost): "
+              f"{ratio_text(train['ratio_same_adam'])}")
+        print("  plain fused/plain seed's Adam (what the fused kernel saves): "
+              f"{ratio_text(train['fused_over_seed_adam'])}")
+        print(f"  check: losses bit-identical to the fused plain loop at all {train['steps_compared']} steps: "
+              f"{train['losses_identical']}; largest loss difference to the seed's Adam "
+              f"{train['max_loss_diff_seed_adam']:.2g} nats; torch threads in the fit: {train['threads_in_fit']}")
 
         # --- 2 ---
         contexts = torch.as_tensor(datamodule.sr_contexts(), dtype=torch.float64)
@@ -519,6 +542,10 @@ def main(argv: list[str] | None = None) -> None:
          f"plain loop {train['sides']['plain']['s_per_epoch']:.3f} s ({train['sides']['plain']['steps_per_s']:.1f} "
          f"steps/s, {train['sides']['plain']['events_per_s']:,.0f} events/s)",
          f"{ratio_text(s)}; goal ≤ {GOAL_TRAINER_RATIO}: {verdict(s, GOAL_TRAINER_RATIO)}"),
+        ("the same, plain loop with hepgen's fused Adam (the Trainer's own cost)",
+         f"Trainer {train['sides']['trainer']['s_per_epoch']:.3f} s",
+         f"plain loop, fused Adam {train['sides']['plain_fused']['s_per_epoch']:.3f} s",
+         f"{ratio_text(train['ratio_same_adam'])}"),
         (f"sampling {sampling['events_total']:,} events, {args.sample_chunk} contexts x {sampling['oversample']} "
          "per call",
          f"sample_template {sampling['sides']['hepgen']['events_per_s']:,.0f} events/s",
@@ -530,7 +557,8 @@ def main(argv: list[str] | None = None) -> None:
          f"speed-up {classifier['speedup']:.2f}x"),
     ]  # fmt: skip
     print(f"\n## README table\n\nMachine: {machine}; load {format_load(load_start)} at start, {format_load(load_end)} "
-          f"at the end. Ratios: median of per-pair ratios (95 % CI; IQR); training losses bit-identical: "
+          f"at the end. Ratios: median of per-pair ratios (95 % CI; IQR); training losses bit-identical to the "
+          f"fused plain loop: "
           f"{train['losses_identical']}.\n")
     print("| quantity | hepgen | reference | ratio / goal |\n|---|---|---|---|")
     for row in rows:

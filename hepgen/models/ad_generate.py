@@ -38,8 +38,13 @@ from hepgen.nn.scaling import StandardScaler
 
 def adam_with_cosine(parameters, hparams, max_epochs: int | None):
     """Adam (``hparams.lr``, ``hparams.weight_decay``) with, when ``hparams.cosine``, a cosine decay
-    over ``max_epochs`` stepped once per epoch (constant without an epoch budget: max_steps only)."""
-    optimizer = torch.optim.Adam(parameters, lr=hparams.lr, weight_decay=hparams.weight_decay)
+    over ``max_epochs`` stepped once per epoch (constant without an epoch budget: max_steps only).
+
+    The fused kernel updates all of a flow's parameter tensors (72 in a 4 x 64 MAF) at once; the
+    default loop of small operations per tensor was a quarter of the flow's training step on CPU
+    (benchmarks/ad.py). It computes the same update, rounded differently: equal to about 1e-6.
+    """
+    optimizer = torch.optim.Adam(parameters, lr=hparams.lr, weight_decay=hparams.weight_decay, fused=True)
     if not hparams.cosine or not max_epochs or max_epochs < 1:
         return optimizer
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
