@@ -137,6 +137,7 @@ def test_trees_score_the_rows_of_any_file_in_the_lhco_layout_beside_their_labels
     args = [
         "-c", str(ROOT / "experiments" / "ad" / "supervised_lhco_sr.yaml"), "--model", "TreeClassifier",
         "--model.init_args.members", "2", "--model.init_args.max_iter", "30",
+        "--model.init_args.min_samples_leaf", "150", "--model.init_args.l2_regularization", "1.0",
         "--data.init_args.data_dir", str(lhco_sr_like_dir), "--data.init_args.lhco_test_background", "1000",
         "--data.init_args.lhco_test_signal", "500", "--trainer.max_epochs", "1", "--trainer.logger", "false",
         "--run.root", str(tmp_path), "--run.version", "trees",
@@ -160,6 +161,9 @@ def test_trees_score_the_rows_of_any_file_in_the_lhco_layout_beside_their_labels
     # an ensemble, not two copies: each member early-stops on its own random half of the events
     first, second = (tree.predict_proba(rows[:, 1:5])[:, 1] for tree in model.trees)
     assert np.abs(first - second).max() > 1e-3
+    # the regularisation reached scikit-learn: no leaf holds fewer than min_samples_leaf events
+    leaves = [n for fit in model.trees for (tree,) in fit._predictors for n in tree.nodes if n["is_leaf"]]
+    assert model.trees[0].l2_regularization == 1.0 and min(n["count"] for n in leaves) >= 150
 
 
 def test_a_signal_region_without_events_is_one_line_naming_the_file(tmp_path):

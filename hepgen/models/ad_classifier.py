@@ -187,8 +187,17 @@ class TreeClassifier(LightningModule):
         max_iter: boosting iterations at most.
         max_leaf_nodes: leaves per tree.
         learning_rate: shrinkage.
+        min_samples_leaf: events in a leaf at least (scikit-learn: 20).
+        l2_regularization: L2 penalty on the leaf values (scikit-learn: 0).
         n_iter_no_change: early-stopping patience in iterations.
         validation_fraction: each member's random share of the events for its early stopping.
+
+    With a signal of a fraction of a per cent, most of what a tree can split on is the sampling
+    noise of the two samples; larger leaves and an L2 penalty on their values keep the trees off
+    it, and averaging more members (each early-stopped on a different random half) averages it
+    out. On the real LHCO signal region the idealized classifier's max SIC rose from about 8.5 with
+    scikit-learn's defaults and 5 members to about 12 with leaves of at least 300 events, an L2
+    penalty of 1 and 20 to 50 members (``experiments/ad/study_lhco_sr.yaml``; README).
     """
 
     monitor = "val/loss"
@@ -201,6 +210,8 @@ class TreeClassifier(LightningModule):
         max_iter: int = 200,
         max_leaf_nodes: int = 31,
         learning_rate: float = 0.1,
+        min_samples_leaf: int = 20,
+        l2_regularization: float = 0.0,
         n_iter_no_change: int = 10,
         validation_fraction: float = 0.5,
     ) -> None:
@@ -237,6 +248,8 @@ class TreeClassifier(LightningModule):
                 max_iter=hp.max_iter,
                 max_leaf_nodes=hp.max_leaf_nodes,
                 learning_rate=hp.learning_rate,
+                min_samples_leaf=hp.min_samples_leaf,
+                l2_regularization=hp.l2_regularization,
                 early_stopping=True,
                 validation_fraction=hp.validation_fraction,
                 n_iter_no_change=hp.n_iter_no_change,
