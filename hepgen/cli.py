@@ -32,6 +32,7 @@ from hepgen.checkpoints import check_matches
 from hepgen.errors import CheckpointError, ConfigValueError, HepgenError
 from hepgen.run_lock import RunLock, release_run_locks
 from hepgen.run import (
+    CREATED_PARENT_DIRS,
     CREATED_RUN_DIRS,
     SAVED_CONFIGS,
     RunConfigSaver,
@@ -475,6 +476,7 @@ def main(args: list[str] | None = None) -> None:
         release_run_locks()
         withdraw_run_dirs()
         CREATED_RUN_DIRS.clear()
+        CREATED_PARENT_DIRS.clear()
         SAVED_CONFIGS.clear()
         # WandbLogger reuses a W&B run left open in the process: a second command in the same
         # Python (a notebook, a test session) would log into the first run's folder

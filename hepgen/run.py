@@ -87,11 +87,21 @@ def slurm_run_id() -> str | None:
 
 #: Run directories this process created (removed again if the start fails before training).
 CREATED_RUN_DIRS: list[Path] = []
+#: Folders above them that this process created (the runs root, experiment folders): removed with
+#: a failed start's run directory when left empty, unlike folders that were there before.
+CREATED_PARENT_DIRS: set[Path] = set()
+
+
+def make_parents(path: Path) -> None:
+    """``mkdir -p`` of ``path``, remembering which of its folders did not exist before."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    CREATED_PARENT_DIRS.update(missing)
 
 
 def reserve_next_version(experiment_dir: Path) -> Path:
     """Create and return ``experiment_dir/v<N>`` for the smallest free N (``mkdir`` is atomic)."""
-    experiment_dir.mkdir(parents=True, exist_ok=True)
+    make_parents(experiment_dir)
     taken = [int(m.group(1)) for p in experiment_dir.iterdir() if (m := re.fullmatch(r"v(\d+)", p.name))]
     n = max(taken, default=-1) + 1
     while True:
@@ -111,7 +121,7 @@ def slurm_version(experiment_dir: Path, job: str) -> str:
     one higher) runs the same commands in the same order and so finds each its own directory.
     """
     restart = os.environ.get("SLURM_RESTART_COUNT", "0")
-    experiment_dir.mkdir(parents=True, exist_ok=True)
+    make_parents(experiment_dir)
     counter = experiment_dir / f".slurm-{job}-restart{restart}.count"
     with open(counter, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -247,7 +257,8 @@ def resolve_run_dir(
     else:
         run_dir = _choose_run_dir(settings, subcommand, ckpt_path)
         if not run_dir.is_dir():
-            run_dir.mkdir(parents=True)
+            make_parents(run_dir.parent)
+            run_dir.mkdir()
             CREATED_RUN_DIRS.append(run_dir)
         if key is not None:
             publish_run_dir(Path(settings.root), key, run_dir)
@@ -286,8 +297,9 @@ def remove_unused_run_dirs() -> None:
         if not run_dir.is_dir() or run_checkpoints(run_dir) or (run_dir / "metrics.json").exists():
             continue
         shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in run_dir.parents:  # the experiment folders this start created, if now empty
-            if parent.name == "" or any(p for p in parent.iterdir() if not p.name.startswith(".slurm-")):
+        for parent in run_dir.parents:  # the folders this start created, if now empty
+            left = [p for p in parent.iterdir() if not p.name.startswith(".slurm-")]
+            if parent not in CREATED_PARENT_DIRS or left:
                 break
             shutil.rmtree(parent, ignore_errors=True)
 

@@ -17,6 +17,7 @@ from hepgen.metrics.roc import roc_curve, sic_at_rejection, sic_floor
 from hepgen.models.ad_classifier import TreeClassifier, WeakClassifier
 from hepgen.nn.ensemble import EnsembleMLP
 from tests.conftest import ROOT
+from tests.test_cli_runs import _one_line_error
 
 
 def _member_as_mlp(ensemble: EnsembleMLP, m: int) -> nn.Sequential:
@@ -164,6 +165,17 @@ def test_trees_score_the_rows_of_any_file_in_the_lhco_layout_beside_their_labels
     # the regularisation reached scikit-learn: no leaf holds fewer than min_samples_leaf events
     leaves = [n for fit in model.trees for (tree,) in fit._predictors for n in tree.nodes if n["is_leaf"]]
     assert model.trees[0].l2_regularization == 1.0 and min(n["count"] for n in leaves) >= 150
+
+
+@pytest.mark.parametrize("option", [("min_samples_leaf", "0"), ("l2_regularization", "-1")])
+def test_a_bad_tree_regularisation_is_one_line_naming_the_option(option, tmp_path, capsys, monkeypatch):
+    key, value = option
+    args = ["fit", "-c", str(ROOT / "experiments" / "ad" / "ideal_lhco_sr_trees.yaml"),
+            f"--model.init_args.{key}", value, "--trainer.logger", "false", "--run.root", str(tmp_path)]  # fmt: skip
+    line = _one_line_error(capsys, args, monkeypatch)
+    assert f"{key}={value}" in line and "TreeClassifier" in line
+    # the failed start leaves nothing behind, and keeps the runs root that was there before it
+    assert tmp_path.is_dir() and not any(tmp_path.iterdir())
 
 
 def test_a_signal_region_without_events_is_one_line_naming_the_file(tmp_path):

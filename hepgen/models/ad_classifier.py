@@ -216,6 +216,11 @@ class TreeClassifier(LightningModule):
         validation_fraction: float = 0.5,
     ) -> None:
         super().__init__()
+        if min_samples_leaf < 1 or l2_regularization < 0:
+            raise ConfigValueError(
+                f"TreeClassifier: min_samples_leaf={min_samples_leaf}, l2_regularization={l2_regularization}: "
+                "a leaf needs at least 1 event and the L2 penalty must be >= 0."
+            )
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.trees: list = []
