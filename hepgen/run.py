@@ -298,8 +298,7 @@ def remove_unused_run_dirs() -> None:
             continue
         shutil.rmtree(run_dir, ignore_errors=True)
         for parent in run_dir.parents:  # the folders this start created, if now empty
-            left = [p for p in parent.iterdir() if not p.name.startswith(".slurm-")]
-            if parent not in CREATED_PARENT_DIRS or left:
+            if parent not in CREATED_PARENT_DIRS or any(not p.name.startswith(".slurm-") for p in parent.iterdir()):
                 break
             shutil.rmtree(parent, ignore_errors=True)
 
