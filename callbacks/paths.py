@@ -73,7 +73,9 @@ class PathMetrics(PhysicsMetric):
       a perfect generator, may then be slightly negative);
     * in ``test`` only, ``classifier_accuracy``: held-out accuracy of an MLP telling real from
       generated paths (0.5 ideal, lower is better), on the signature (depth <= 4) of each
-      filled path and its filled values.
+      filled path and its filled values. Like any classifier test it grows with the number of
+      paths the classifier learns from (a generator at 0.62 on 1,024 OU paths scores 0.74 on
+      8,192), so compare runs at equal ``max_events`` and test split.
 
     The signature and the classifier need whole paths. Each generated path first loses the
     observations its reference path misses, then both are filled the same way (linear in time,

@@ -16,7 +16,8 @@ from datamodules.timeseries import OUDataModule
 from hepgen.cli import main
 from hepgen.errors import ConfigValueError
 from hepgen.models.sde_gan import SDEGAN
-from hepgen.nn.sde import CDEDiscriminator, SDEGenerator, with_quadratic_variation
+from hepgen.nn.sde import CDEDiscriminator, SDEGenerator, StepInnovations, with_quadratic_variation
+from hepgen.synth.ou import MU, SIGMA, THETA, simulate_ou
 
 T = 8
 
@@ -122,6 +123,60 @@ def test_quadratic_variation_channel_is_the_running_sum_of_squared_increments():
     augmented_critic = CDEDiscriminator(2, hidden=4, width=4, quadratic_variation=1.0)
     assert augmented_critic.initial[0].in_features == plain.initial[0].in_features + 2
     assert augmented_critic.field.channels == plain.field.channels + 2
+
+
+def _ou_path(n: int, t_size: int, seed: int) -> torch.Tensor:
+    values = torch.from_numpy(simulate_ou(n, t_size, seed=seed)).float()[..., None]
+    return torch.cat([torch.arange(float(t_size)).expand(n, -1)[..., None], values], -1)
+
+
+def test_innovations_of_exact_ou_paths_are_the_drift_and_the_fresh_noise():
+    """Fitted on exact OU paths (dy = (mu t - theta y) dt + sigma(t) dW, sigma(t) = 2 sigma t / T),
+    the per-step predictor is the exact transition: slope e^-theta - 1, offset the drift's
+    integral, scale the standard deviation of the noise integral."""
+    t_size = 16
+    innovations = StepInnovations(t_size, 1)
+    innovations.fit(_ou_path(20000, t_size, seed=3))
+    t = np.arange(t_size - 1.0)
+    s = t[:, None] + np.linspace(0.0, 1.0, 2001)  # each step's interval, (T - 1, 2001)
+    decay = np.exp(-THETA * (t[:, None] + 1.0 - s))
+    offset = np.trapezoid(decay * MU * s, s, axis=1)
+    noise_sd = np.sqrt(np.trapezoid(decay**2 * (2 * SIGMA * s / t_size) ** 2, s, axis=1))
+    np.testing.assert_allclose(innovations.slope[:, 0], np.exp(-THETA) - 1.0, atol=0.01)
+    np.testing.assert_allclose(innovations.offset[:, 0], offset, atol=0.01)
+    np.testing.assert_allclose(innovations.scale[:, 0], noise_sd, rtol=0.03)
+    assert float(innovations.scale[0, 0]) < 0.2 * float(innovations.scale[-1, 0])  # quiet start, loud end
+
+
+def test_innovation_channel_sees_early_noise_that_the_quadratic_variation_hardly_does():
+    """A generator with too much noise while OU is almost all drift (t < 8): the running
+    innovations grow about ten times faster there, the plain running quadratic variation less
+    than twice, and at the end of the path it differs by a few per cent."""
+    t_size, n = 64, 4000
+    critic = CDEDiscriminator(1, hidden=4, width=4, innovation_variation=1.0, t_size=t_size)
+    critic.innovations.fit(_ou_path(n, t_size, seed=1))
+    real = _ou_path(n, t_size, seed=2)
+    noisy = real.clone()
+    extra = 0.05 * torch.randn(n, 8, generator=torch.Generator().manual_seed(0))
+    noisy[:, 1:9, 1] += extra.cumsum(1)
+    noisy[:, 9:, 1] += extra.sum(1, keepdim=True)
+    real_innovations, noisy_innovations = critic.innovations(real)[..., 0], critic.innovations(noisy)[..., 0]
+    real_qv, noisy_qv = with_quadratic_variation(real)[..., 2], with_quadratic_variation(noisy)[..., 2]
+    assert float(noisy_innovations[:, 8].mean() / real_innovations[:, 8].mean()) > 5
+    assert float(noisy_qv[:, 8].mean() / real_qv[:, 8].mean()) < 2
+    assert abs(float(noisy_qv[:, -1].mean() / real_qv[:, -1].mean()) - 1) < 0.05
+    # on data the running sum grows by about 1 per step
+    assert abs(float(real_innovations[:, -1].mean()) / (t_size - 1) - 1) < 0.05
+    # the critic reads it as C more channels after the values; the reference critic has none
+    augmented = critic(real)
+    assert augmented.shape == (n,) and critic.field.channels == 3
+    assert not any("innovations" in key for key in CDEDiscriminator(1).state_dict())
+
+
+def test_an_unfitted_innovation_critic_says_so():
+    critic = CDEDiscriminator(1, hidden=4, width=4, innovation_variation=1.0, t_size=T)
+    with pytest.raises(RuntimeError, match="fit"):
+        critic(random_walks(2)["path"])
 
 
 def test_critic_depends_on_time_channel():
@@ -310,10 +365,12 @@ def sde_args(subcommand: str, root: Path, *extra: str) -> list[str]:
     return [subcommand, "-c", str(TINY_SDE), "--run.root", str(root), "--run.experiment", "tiny_sde", *extra]
 
 
-def test_resume_continues_training_and_swa_exactly(tmp_path):
-    """fit 4 epochs straight == fit 2, then resume to 4: weights, SWA averages and step counters."""
-    main(sde_args("fit", tmp_path, "--trainer.max_epochs", "4", "--run.version", "straight"))
-    main(sde_args("fit", tmp_path, "--trainer.max_epochs", "2", "--run.version", "split"))
+@pytest.mark.parametrize("options", [[], ["--model.init_args.critic_innovation_variation", "0.1"]])
+def test_resume_continues_training_and_swa_exactly(tmp_path, options):
+    """fit 4 epochs straight == fit 2, then resume to 4: weights, SWA averages and step counters
+    (and the critic's innovation predictor, fitted once on the training split and saved)."""
+    main(sde_args("fit", tmp_path, "--trainer.max_epochs", "4", "--run.version", "straight", *options))
+    main(sde_args("fit", tmp_path, "--trainer.max_epochs", "2", "--run.version", "split", *options))
     split = tmp_path / "tiny_sde" / "split"
     halfway = _weights(split / "checkpoints" / "last.ckpt")
     main(["fit", "-c", str(split / "config.yaml"), "--ckpt_path", "last", "--trainer.max_epochs", "4"])
@@ -326,6 +383,11 @@ def test_resume_continues_training_and_swa_exactly(tmp_path):
                            resumed["averages.generator.module.readout.weight"])  # fmt: skip
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
+    if options:
+        assert float(resumed["averages.discriminator.module.innovations.fitted"]) == 1.0
+        assert torch.equal(resumed["discriminator.innovations.scale"],
+                           resumed["averages.discriminator.module.innovations.scale"])  # fmt: skip
+        assert not torch.equal(resumed["discriminator.innovations.scale"], torch.ones(11, 1))
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -371,7 +433,10 @@ def test_predict_writes_generated_paths_at_the_test_split_times(tmp_path):
 
 @pytest.mark.parametrize(
     "option, value",
-    [("n_critic", 0), ("t_size", 1), ("lipschitz", "spectral"), ("critic_quadratic_variation", -1.0)],
+    [
+        ("n_critic", 0), ("t_size", 1), ("lipschitz", "spectral"), ("critic_quadratic_variation", -1.0),
+        ("critic_innovation_variation", -1.0),
+    ],  # fmt: skip
 )
 def test_bad_options_name_themselves(option, value):
     with pytest.raises(ConfigValueError, match=rf"^{option}="):

@@ -74,6 +74,13 @@ class SDEGAN(AdversarialModule):
             of squared increments (standardised units) times this factor, which puts the paths'
             noise level into the critic's first order (see
             :func:`hepgen.nn.sde.with_quadratic_variation`). 0 (default) is the reference.
+        critic_innovation_variation: if > 0, drive the critic also by each channel's running sum
+            of squared innovations, the part of each step that a per-step linear predictor
+            fitted on the training paths misses, standardised by its training scale, times this
+            factor (:class:`hepgen.nn.sde.StepInnovations`, fitted with the normalisation and
+            saved with the weights). It shows the critic the noise step by step, at quiet early
+            times as well as loud late ones. Regular series (every path ``t_size`` long). 0
+            (default): off.
     """
 
     #: the mean marginal Wasserstein-1 distance, logged by the PathMetrics callback
@@ -106,13 +113,17 @@ class SDEGAN(AdversarialModule):
         eval_seed: int = 0,
         mask_generated: bool = False,
         critic_quadratic_variation: float = 0.0,
+        critic_innovation_variation: float = 0.0,
     ) -> None:
         if n_critic < 1:
             raise ConfigValueError(f"n_critic={n_critic}: must be at least 1.")
         if t_size < 2:
             raise ConfigValueError(f"t_size={t_size}: a path needs at least 2 observations.")
-        if critic_quadratic_variation < 0:
-            raise ConfigValueError(f"critic_quadratic_variation={critic_quadratic_variation}: a factor >= 0 (0: off).")
+        factors = {"critic_quadratic_variation": critic_quadratic_variation,
+                   "critic_innovation_variation": critic_innovation_variation}  # fmt: skip
+        for name, factor in factors.items():
+            if factor < 0:
+                raise ConfigValueError(f"{name}={factor}: a factor >= 0 (0: off).")
         if lipschitz not in ("clip", "gp"):
             raise ConfigValueError(f"lipschitz={lipschitz!r}: choose 'clip' or 'gp'.")
         if solver == "reversible_heun" or not adjoint:
@@ -135,7 +146,8 @@ class SDEGAN(AdversarialModule):
         # a gradient penalty differentiates the critic's backward: no adjoint there
         self.discriminator = CDEDiscriminator(
             data_size, hidden, width, layers, adjoint=adjoint and lipschitz == "clip", dt=dt,
-            quadratic_variation=critic_quadratic_variation,
+            quadratic_variation=critic_quadratic_variation, innovation_variation=critic_innovation_variation,
+            t_size=t_size,
         )  # fmt: skip
         self.build_averages()
         self.register_buffer("ts", torch.arange(t_size, dtype=torch.float32))
@@ -177,7 +189,17 @@ class SDEGAN(AdversarialModule):
                 "this SDEGAN is untrained (no checkpoint given): its normalisation is fitted on the training split "
                 "now and its paths are noise. Pass --ckpt_path last (or best, or a file) to evaluate a trained one."
             )
-        self.fit_normalization(datamodule.training_sample()["values"])
+        sample = datamodule.training_sample()
+        self.fit_normalization(sample["values"])
+        if self.hparams.critic_innovation_variation > 0:
+            self.fit_critic_innovations(sample["path"])
+
+    def fit_critic_innovations(self, path: torch.Tensor) -> None:
+        """Fit the critic's innovation predictor (and its averaged copy's) on training paths
+        (N, T, 1 + C), physical units, filled; after :meth:`fit_normalization`."""
+        path = self.normalized(path.to(self.value_mean.device))
+        for critic in (self.discriminator, self.averages["discriminator"].module):
+            critic.innovations.fit(path)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

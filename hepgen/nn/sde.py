@@ -161,6 +161,62 @@ def with_quadratic_variation(path: torch.Tensor, factor: float = 1.0) -> torch.T
     return torch.cat([path, nn.functional.pad(squared, (0, 0, 1, 0))], dim=-1)
 
 
+class StepInnovations(nn.Module):
+    """Running sums of the standardised squared innovations of each value channel.
+
+    The innovation of step t (observation index t -> t + 1) is what a linear one-step predictor
+    misses: e_t = (Y_{t+1} - Y_t) - (a_t Y_t + b_t), per channel, with a_t, b_t and the scale s_t
+    of e_t fitted by least squares on training paths at each index (:meth:`fit`). For a linear
+    SDE such as Ornstein-Uhlenbeck, a_t Y_t + b_t is the drift's share of the step and e_t its
+    fresh noise. The running sum of (e_t / s_t)^2 grows by about 1 per step on data, wherever
+    the data are quiet or loud: a generator whose noise is off at early times, where the OU
+    diffusion 0.4 * 2t / T is near zero and the steps are almost all drift, shows there as
+    clearly as late, whereas the plain quadratic variation (:func:`with_quadratic_variation`)
+    is dominated by the largest, latest steps. Regular series only: the predictor is indexed by
+    observation, so every path must have the ``t_size`` observations it was fitted on.
+
+    Buffers (saved with the critic): ``slope`` a_t, ``offset`` b_t, ``scale`` s_t, each
+    (t_size - 1, C) in the units of the values it is fitted on; ``fitted``.
+    """
+
+    def __init__(self, t_size: int, channels: int) -> None:
+        super().__init__()
+        if t_size < 2:
+            raise ValueError(f"t_size={t_size}: innovations need at least 2 observations.")
+        self.register_buffer("slope", torch.zeros(t_size - 1, channels))
+        self.register_buffer("offset", torch.zeros(t_size - 1, channels))
+        self.register_buffer("scale", torch.ones(t_size - 1, channels))
+        # 1.0 once fitted; a float, because averaged copies (SWA, EMA) average buffers too
+        self.register_buffer("fitted", torch.tensor(0.0))
+
+    @torch.no_grad()
+    def fit(self, path: torch.Tensor) -> None:
+        """Least-squares a_t, b_t and the residuals' standard deviation s_t from training paths
+        (N, T, 1 + C) = (time, values), NaN-free (filled as the critic sees them)."""
+        if path.shape[1] != len(self.slope) + 1:
+            raise ValueError(f"StepInnovations: made for {len(self.slope) + 1} observations, got {path.shape[1]}")
+        values = path[..., 1:].double()
+        y, step = values[:, :-1], values[:, 1:] - values[:, :-1]
+        y_mean, step_mean = y.mean(0), step.mean(0)
+        variance = (y - y_mean).square().mean(0).clamp_min(1e-12)
+        slope = ((y - y_mean) * (step - step_mean)).mean(0) / variance
+        offset = step_mean - slope * y_mean
+        residual = step - slope * y - offset
+        self.slope.copy_(slope)
+        self.offset.copy_(offset)
+        # a floor keeps a step the data never move (an interpolated stretch in every path) finite
+        self.scale.copy_(residual.std(0).clamp_min(1e-4))
+        self.fitted.fill_(1.0)
+
+    def forward(self, path: torch.Tensor) -> torch.Tensor:
+        """(B, T, 1 + C) -> (B, T, C): the running sums, zero at the first observation."""
+        if float(self.fitted) != 1.0:
+            raise RuntimeError("StepInnovations: call fit(training paths) before use.")
+        values = path[..., 1:]
+        innovation = values[:, 1:] - values[:, :-1] - self.slope * values[:, :-1] - self.offset
+        return nn.functional.pad((innovation / self.scale).square().cumsum(dim=1), (0, 0, 1, 0))
+
+
 class CDEDiscriminator(nn.Module):
     """Critic score (B,) of paths given as (B, T, 1 + C) = (time, values), NaN-free.
 
@@ -177,22 +233,38 @@ class CDEDiscriminator(nn.Module):
             variation of each value channel (:func:`with_quadratic_variation`) times this factor,
             which sets its weight against the value channels under the critic's Lipschitz bound.
             0 (default) is the reference.
+        innovation_variation: if > 0, C more channels after those: the running sums of the
+            standardised squared innovations (:class:`StepInnovations`, fitted with
+            ``innovations.fit`` before use) times this factor. 0 (default): off.
+        t_size: observations per path; needed with ``innovation_variation``.
     """
 
     def __init__(self, data_size: int, hidden: int = 16, width: int = 16, layers: int = 1, adjoint: bool = True,
-                 dt: float = 1.0, quadratic_variation: float = 0.0) -> None:  # fmt: skip
+                 dt: float = 1.0, quadratic_variation: float = 0.0, innovation_variation: float = 0.0,
+                 t_size: int | None = None) -> None:  # fmt: skip
         super().__init__()
         self.adjoint, self.dt, self.quadratic_variation = adjoint, dt, quadratic_variation
-        if quadratic_variation < 0:
-            raise ValueError(f"quadratic_variation={quadratic_variation}: a factor >= 0 (0: off).")
-        channels = 1 + data_size * (2 if quadratic_variation > 0 else 1)
+        self.innovation_variation = innovation_variation
+        if quadratic_variation < 0 or innovation_variation < 0:
+            raise ValueError(
+                f"quadratic_variation={quadratic_variation}, innovation_variation={innovation_variation}: "
+                "factors >= 0 (0: off)."
+            )
+        if innovation_variation > 0:
+            if t_size is None:
+                raise ValueError("innovation_variation > 0 needs t_size, the observations per path.")
+            self.innovations = StepInnovations(t_size, data_size)
+        channels = 1 + data_size * (1 + (quadratic_variation > 0) + (innovation_variation > 0))
         self.initial = lipswish_mlp(channels, hidden, width, layers)
         self.field = _CDEField(hidden, channels, width, layers)
         self.readout = nn.Linear(hidden, 1)
 
     def forward(self, path: torch.Tensor) -> torch.Tensor:
+        extra = self.innovations(path) * self.innovation_variation if self.innovation_variation > 0 else None
         if self.quadratic_variation > 0:
             path = with_quadratic_variation(path, self.quadratic_variation)
+        if extra is not None:
+            path = torch.cat([path, extra], dim=-1)
         control = torchcde.LinearInterpolation(path)  # no NaN: the coefficients are the path itself
         h0 = self.initial(control.evaluate(control.interval[0]))
         options = dict(method="reversible_heun", backend="torchsde", dt=self.dt)
