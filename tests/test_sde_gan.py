@@ -179,6 +179,16 @@ def test_an_unfitted_innovation_critic_says_so():
         critic(random_walks(2)["path"])
 
 
+def test_the_innovation_predictor_refuses_paths_of_another_length():
+    # indexed by observation, it has nothing to say about a step it was not fitted on
+    with pytest.raises(ValueError, match="t_size"):
+        CDEDiscriminator(1, innovation_variation=1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        StepInnovations(1, 1)
+    with pytest.raises(ValueError, match=f"made for {T} observations, got {T + 1}"):
+        StepInnovations(T, 1).fit(_ou_path(8, T + 1, seed=0))
+
+
 def test_critic_depends_on_time_channel():
     # the CDE is driven by d(t, Y): the same values traversed twice as fast must score differently
     torch.manual_seed(0)
