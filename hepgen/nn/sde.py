@@ -260,6 +260,7 @@ class CDEDiscriminator(nn.Module):
         self.readout = nn.Linear(hidden, 1)
 
     def forward(self, path: torch.Tensor) -> torch.Tensor:
+        # innovations first: they read every channel after time, which the QV channels are about to join
         extra = self.innovations(path) * self.innovation_variation if self.innovation_variation > 0 else None
         if self.quadratic_variation > 0:
             path = with_quadratic_variation(path, self.quadratic_variation)
