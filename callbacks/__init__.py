@@ -8,6 +8,8 @@ from callbacks.calochallenge import CaloChallengeMetrics, CaloChallengeWriter
 from callbacks.decomposition import DecompositionMetrics, DecompositionWriter
 from callbacks.paths import PathMetrics, PathWriter
 from callbacks.reproducibility import RNGStateCheckpoint
+from callbacks.requeue import SlurmRequeue
+from callbacks.sweep import SweepTrial
 
 __all__ = [
     "AIDAPTMetrics",
@@ -26,5 +28,7 @@ __all__ = [
     "PhysicsMetric",
     "RNGStateCheckpoint",
     "ReweightTemplateWriter",
+    "SlurmRequeue",
+    "SweepTrial",
     "TemplateWriter",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +237,10 @@ class HepDataModule(LightningDataModule):
         key = "data.batch_size" if batch_size is None else "its batch size"
         batch_size = self.batch_size if batch_size is None else batch_size
         if shuffle:
-            sampler = EpochShuffleSampler(dataset, self.split_seed + 1, num_replicas=world, rank=rank)
+            sampler = EpochShuffleSampler(
+                dataset, self.split_seed + 1, num_replicas=world, rank=rank, **self._train_position(batch_size)
+            )
+            self._train_sampler = sampler
         else:
             batches = math.ceil(len(dataset) / batch_size)
             if batches < world:  # a rank without batches would wait forever in the metrics' gather
@@ -266,11 +270,32 @@ class HepDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    # --- splits travel with the checkpoint ---------------------------------------------------
+    def _train_position(self, batch_size: int) -> dict:
+        """Where a (resumed) fit's training order starts: the epoch Lightning is about to run, and
+        the events of it this rank used before the checkpoint was written (see ``state_dict``)."""
+        loop = getattr(self.trainer, "fit_loop", None)
+        epoch = 0 if loop is None else loop.epoch_progress.current.processed
+        saved = getattr(self, "_resume_position", None)
+        resume_after = None if saved is None else (saved["epoch"], saved["batches"] * batch_size)
+        return {"epoch": epoch, "resume_after": resume_after}
+
+    # --- splits and the place in the training order travel with the checkpoint ----------------
     def state_dict(self) -> dict:
-        return {"split_sizes": dict(getattr(self, "split_sizes", {})), "split_seed": self.split_seed}
+        state = {"split_sizes": dict(getattr(self, "split_sizes", {})), "split_seed": self.split_seed}
+        sampler, loop = getattr(self, "_train_sampler", None), getattr(self.trainer, "fit_loop", None)
+        if sampler is not None and loop is not None:
+            # A checkpoint written inside an epoch (a SLURM requeue's, a step-wise one) resumes
+            # after the batches this epoch already trained on; at the epoch's end it holds them
+            # all, and the resumed run starts the next epoch from its beginning.
+            batches = loop.epoch_loop.batch_progress.current.processed
+            state["train_position"] = {"epoch": sampler.epoch, "batches": batches}
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_position = state_dict.get("train_position")
+        # the training order resumes inside an epoch by itself (_train_position), unlike the
+        # plain loaders Lightning warns about
+        warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
         current = getattr(self, "split_sizes", None)
         saved = state_dict.get("split_sizes")
         if current and saved and (current != saved or state_dict.get("split_seed") != self.split_seed):

@@ -23,14 +23,33 @@ class EpochShuffleSampler(DistributedSampler):
     positions r, r + W, r + 2W, ...: W ranks with batch B see at step k exactly the events of
     batch k of one process with batch W * B. Lightning calls :meth:`set_epoch` every epoch.
 
+    A run resumed from a checkpoint written inside an epoch (a SLURM requeue, a step-wise
+    ``ModelCheckpoint``) continues that epoch where it stopped: ``resume_after`` names the epoch
+    and how many of this rank's events it had used, and its iterator starts after them, so the
+    resumed run sees the events of the uninterrupted one. Lightning counts the skipped batches
+    itself (``len`` stays the epoch's), as it does for any resumable loader.
+
     Args:
         dataset: the training events (N = ``len(dataset)``).
         seed: seed of epoch 0 (hepgen's datamodules pass ``split_seed + 1``).
         num_replicas, rank: W and r.
+        epoch: the epoch the first iterator belongs to (a resumed run's; Lightning may create
+            the iterator before it calls :meth:`set_epoch`, e.g. with worker processes).
+        resume_after: ``(epoch, events)``: skip this rank's first ``events`` events of that epoch.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        epoch: int = 0,
+        resume_after: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.epoch = epoch
+        self.resume_after = resume_after
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -43,7 +62,10 @@ class EpochShuffleSampler(DistributedSampler):
         order = torch.randperm(len(self.dataset), generator=generator).tolist()
         while len(order) < self.total_size:  # pad: W ranks must run the same number of steps
             order += order[: self.total_size - len(order)]
-        return iter(order[self.rank : self.total_size : self.num_replicas])
+        mine = order[self.rank : self.total_size : self.num_replicas]
+        if self.resume_after is not None and self.resume_after[0] == self.epoch:
+            mine = mine[self.resume_after[1] :]
+        return iter(mine)
 
 
 class EvaluationSampler(DistributedSampler):

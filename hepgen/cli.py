@@ -28,9 +28,12 @@ import callbacks
 import datamodules
 import hepgen.models
 from callbacks.reproducibility import RNGStateCheckpoint
+from callbacks.requeue import SlurmRequeue
+from callbacks.sweep import SweepTrial
 from hepgen.checkpoints import check_matches
 from hepgen.errors import CheckpointError, ConfigValueError, HepgenError
 from hepgen.run_lock import RunLock, release_run_locks
+from hepgen.sweep import TRIAL_ENV
 from hepgen.run import (
     CREATED_PARENT_DIRS,
     CREATED_RUN_DIRS,
@@ -183,6 +186,10 @@ class HepgenCLI(LightningCLI):
         self._subcommand_method_arguments["export"] = export.add_method_arguments(HepgenCLI, "export")
         self._subcommand_parsers["export"] = export
         parser._subcommands_action.add_subcommand("export", export, help=_short_doc(HepgenCLI.export))
+        sweep = ArgumentParser(description="W&B sweeps with a local controller (offline nodes, tests).")
+        parser._subcommands_action.add_subcommand(
+            "sweep", sweep, help="W&B sweep agents without the server: hepgen sweep agent experiments/sweeps/<method>.yaml."
+        )
         study = ArgumentParser(description="Weak-supervision anomaly-detection studies.")
         parser._subcommands_action.add_subcommand(
             "ad", study, help="Anomaly-detection studies: hepgen ad run|report -c experiments/ad/study_*.yaml."
@@ -292,7 +299,9 @@ class HepgenCLI(LightningCLI):
         if self.subcommand is None:
             return super().instantiate_trainer(**kwargs)
         cfg = self._get(self.config_init, "trainer")
-        extra = [RNGStateCheckpoint()]
+        extra = [RNGStateCheckpoint(), SlurmRequeue()]  # the second acts only in a SLURM job
+        if self.subcommand == "fit" and os.environ.get(TRIAL_ENV):  # a trial of `hepgen sweep agent`
+            extra.append(SweepTrial())
         if not self._has_checkpoint_callback:
             extra += default_checkpoints(
                 self.run_dir / "checkpoints",
@@ -308,6 +317,8 @@ class HepgenCLI(LightningCLI):
             # redraw) cost about 5 ms per step, a third of a CaloVAE step on 2 CPU cores
             extra.append(TQDMProgressBar(refresh_rate=10))
         kwargs.setdefault("default_root_dir", str(self.run_dir))
+        if cfg.get("strategy", "auto") == "auto" and _processes(cfg) > 1 and hasattr(self.model, "ddp_strategy"):
+            kwargs.setdefault("strategy", self.model.ddp_strategy)  # a GAN's (AdversarialModule.ddp_strategy)
         kwargs.setdefault("callbacks", configured + extra)
         return super().instantiate_trainer(**kwargs)
 
@@ -394,6 +405,19 @@ def _layer_shapes(data) -> dict[str, list[int]] | None:
     return None if shapes is None else {k: list(v) for k, v in shapes.items()}
 
 
+def _processes(trainer_cfg) -> int:
+    """How many training processes a Trainer config asks for (devices per node times nodes)."""
+    devices = trainer_cfg.get("devices", "auto")
+    if isinstance(devices, (list, tuple)):
+        per_node = len(devices)
+    elif str(devices) in ("auto", "-1"):  # every GPU of the node, if it trains on GPUs
+        on_gpu = str(trainer_cfg.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+        per_node = torch.cuda.device_count() if on_gpu and torch.cuda.is_available() else 1
+    else:
+        per_node = int(devices) if str(devices).isdigit() else 1
+    return per_node * int(trainer_cfg.get("num_nodes", 1) or 1)
+
+
 def _chooses_run_dir() -> bool:
     """True in the process that chose the run directory (not in ranks that were handed it)."""
     return launch_rank() == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
@@ -447,11 +471,13 @@ def main(args: list[str] | None = None) -> None:
     if "--debug" in argv:
         argv.remove("--debug")
         os.environ["HEPGEN_DEBUG"] = "1"
-    if argv[:1] in (["data"], ["ad"]):
+    if argv[:1] in (["data"], ["ad"], ["sweep"]):
         if argv[0] == "data":
             from hepgen.synth.cli import main as tool_main
-        else:  # a weak-supervision study: many trainings, each through this main()
+        elif argv[0] == "ad":  # a weak-supervision study: many trainings, each through this main()
             from hepgen.study import main as tool_main
+        else:  # a W&B sweep's agent with a local controller: trials as hepgen fit processes
+            from hepgen.sweep import main as tool_main
 
         try:
             return tool_main(argv[1:])

@@ -11,7 +11,8 @@ Every run writes to ``<root>/<experiment>/<version>/``::
         predictions/         generated samples
 
 ``experiment`` defaults to the config file's path below ``experiments/`` (without ``.yaml``),
-``version`` to the SLURM job id (``<array job>_<task>`` for arrays) or else the next free ``v<N>``.
+``version`` to the W&B run id of a W&B sweep's trial, the SLURM job id (``<array job>_<task>`` for
+arrays) or else the next free ``v<N>``.
 The resolved values are written into the saved config, so
 ``hepgen fit -c runs/.../config.yaml --ckpt_path last`` comes back to the same folder.
 """
@@ -51,7 +52,8 @@ class RunSettings:
     Args:
         root: folder that holds all runs.
         experiment: name of the experiment (default: the config file's path below ``experiments/``).
-        version: name of this run (default: SLURM job id, else the next free ``v<N>``).
+        version: name of this run (default: a W&B sweep trial's run id, the SLURM job id, else the
+            next free ``v<N>``).
         checkpoint_every_n_epochs: how often ``last.ckpt`` and the best checkpoint are written.
         threads: torch intra-op threads of each process (default: torch's choice, all cores; on
             a cluster, ``--cpus-per-task`` divided by the processes per node). Small models
@@ -234,6 +236,11 @@ def _choose_run_dir(settings: Namespace, subcommand: str, ckpt_path: str | None)
             run_dir = Path(ckpt_path).resolve().parent.parent
             if run_dir.parent == experiment_dir.resolve():
                 return experiment_dir / run_dir.name  # the checkpoint's own run
+    sweep_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+    if subcommand == "fit" and sweep_run:
+        # a trial of a W&B sweep (its agent sets both): the W&B run's own folder, which a
+        # requeued agent handed the same run finds again
+        return experiment_dir / re.sub(r"[^A-Za-z0-9_.-]", "-", sweep_run)
     job = slurm_run_id()
     if subcommand == "fit" and job is not None:
         return experiment_dir / slurm_version(experiment_dir, job)

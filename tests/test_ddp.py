@@ -9,8 +9,8 @@ launcher starts rank 1 as a second process. The ranks report through :mod:`tests
 * ``calo_validate``: ``hepgen validate --ckpt_path last`` of ``calo_ddp``'s run with CaloMetrics,
   on 2 ranks and on 1 process;
 * ``gan_ddp``: FoldingGAN, 2 ranks x batch 500, 2 steps (12 optimizer steps), strategy
-  ``ddp_find_unused_parameters_true`` (plain ``ddp`` stops at the parameters of the network
-  that a step does not update).
+  ``auto``, for which hepgen picks the GAN's ``ddp_find_unused_parameters_true`` (plain ``ddp``
+  stops at the parameters of the network that a step does not update).
 
 The single-process references call ``hepgen.cli.main`` in the test process (``hepgen_here``).
 Both tiny configs evaluate with a batch as large as their validation split (one batch): under
@@ -206,7 +206,7 @@ def gan_ddp(aidapt_dir, tmp_path_factory) -> list[dict]:
         "--run.root", str(root), "--run.experiment", "tiny_gan",
         "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
         "--trainer.callbacks+=" + PROBE,
-        *ddp("ddp_find_unused_parameters_true"),
+        *ddp("auto"),  # hepgen's choice for a GAN, as in the sbatch scripts
     ]  # fmt: skip
     hepgen(args, root)
     run_dir = only_run_dir(root, "tiny_gan")

@@ -26,7 +26,8 @@ def _is_study(path: Path) -> bool:
 #: the Trainer's accelerator for the smoke runs (``cpu`` unless the environment says otherwise)
 ACCELERATOR = os.environ.get("HEPGEN_TEST_ACCELERATOR", "cpu")
 
-ALL_YAML = sorted((ROOT / "experiments").rglob("*.yaml"))
+# W&B sweep files (experiments/sweeps/) are not configs of one run: tests/test_sweeps.py parses them
+ALL_YAML = sorted(p for p in (ROOT / "experiments").rglob("*.yaml") if "sweeps" not in p.parts)
 EXPERIMENTS = [p for p in ALL_YAML if not _is_study(p)]
 STUDIES = [p for p in ALL_YAML if _is_study(p)]
 

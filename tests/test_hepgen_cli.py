@@ -18,7 +18,7 @@ def test_class_names_are_unique_across_plugin_packages():
 
 def test_help_lists_the_verbs_and_the_choices_but_not_the_bases():
     out = subprocess.run([sys.executable, "-m", "hepgen", "--help"], capture_output=True, text=True, check=True).stdout
-    assert "{fit,validate,test,predict,data,export,ad}" in out
+    assert "{fit,validate,test,predict,data,export,sweep,ad}" in out
     bases = {"HepDataModule", "PhysicsMetric"}
     for name in {*hepgen.models.__all__, *datamodules.__all__, *callbacks.__all__} - bases:
         assert name in out

@@ -131,6 +131,10 @@ class AdversarialModule(LightningModule):
     #: Value of the ``*_loss`` entries when D cannot separate real from generated (ln 2 for
     #: binary cross-entropy); ``None`` when the loss family has no such value.
     loss_equilibrium: float | None = None
+    #: The DDP strategy the hepgen CLI picks for ``--trainer.strategy auto`` on several processes
+    #: (the sbatch scripts' case). Each update's backward reaches only its own network (a critic
+    #: step leaves the generator without gradients), and plain DDP would wait for the missing ones.
+    ddp_strategy: str = "ddp_find_unused_parameters_true"
 
     def __init__(
         self,
