@@ -2,10 +2,10 @@
 
     python benchmarks/ddp.py                                   # CPU: 1 vs 2 processes (gloo), every method
     python benchmarks/ddp.py --accelerator gpu --devices 1 4   # a GPU node: 1 GPU vs 4 (NCCL)
-    python benchmarks/ddp.py --methods calo_vae sde_gan --steps 60
+    python benchmarks/ddp.py --methods calo_vae sde_gan --batches 60
 
 Each run is the method's quickstart config as ``hepgen fit`` runs it, with made data at a small
-size (made once, before the timings), no validation, no logger, and ``--trainer.max_steps``.
+size (made once, before the timings), no validation, no logger, stopped after ``--batches``.
 Each process keeps the config's batch, so N processes train N times the events per step (what
 ``sbatch/fit.sbatch`` does when given more GPUs). A callback records the wall time of the
 steps after a warm-up, so process start, data loading and the first steps (allocations, kernel
@@ -44,10 +44,13 @@ METHODS = {
 
 
 class StepTimer(Callback):
-    """Write the wall time of training steps ``warmup`` to the end, and the events they saw, to ``out``."""
+    """Time ``batches`` training batches after ``warmup`` others, write seconds and events to ``out``, stop.
 
-    def __init__(self, out: str, warmup: int = 10) -> None:
-        self.out, self.warmup = Path(out), warmup
+    Counted in batches, not optimizer steps: a GAN's batch makes several optimizer steps.
+    """
+
+    def __init__(self, out: str, batches: int, warmup: int = 10) -> None:
+        self.out, self.batches, self.warmup = Path(out), batches, warmup
         self.start: float | None = None
         self.events = 0
         self.steps = 0
@@ -62,6 +65,8 @@ class StepTimer(Callback):
         self.steps += 1
         if self.start is not None:
             self.events += _batch_size(batch) * trainer.world_size
+        if self.steps == self.warmup + self.batches:
+            trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
         trainer.strategy.barrier()
@@ -72,14 +77,16 @@ class StepTimer(Callback):
 
 
 def _batch_size(batch) -> int:
-    if isinstance(batch, dict):
-        batch = next(iter(batch.values()))
-    if isinstance(batch, (list, tuple)):
-        batch = batch[0]
+    """Events in a batch: the first dimension of its first tensor (batches nest dicts and lists)."""
+    while isinstance(batch, (dict, list, tuple)):
+        batch = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
     return int(batch.shape[0])
 
 
-def run(method: str, devices: int, accelerator: str, steps: int, workdir: Path, threads: int) -> dict:
+def run(
+    method: str, devices: int, accelerator: str, batches: int, workdir: Path, threads: int, warmup: int = 10
+) -> dict:
+    """``batches`` training batches of ``method`` on ``devices`` processes, timed after ``warmup`` others."""
     config, options = METHODS[method]
     out = workdir / f"{method}_{accelerator}{devices}.json"
     args = [
@@ -87,9 +94,10 @@ def run(method: str, devices: int, accelerator: str, steps: int, workdir: Path, 
         "--data.init_args.data_dir", str(workdir / "data" / method),
         "--run.root", str(workdir / "runs"), "--run.threads", str(threads),
         "--trainer.accelerator", accelerator, "--trainer.devices", str(devices),
-        "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.max_epochs", "100000", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=benchmarks.ddp.StepTimer", f"--trainer.callbacks.out={out}",
+        f"--trainer.callbacks.batches={batches}", f"--trainer.callbacks.warmup={warmup}",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -115,7 +123,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--devices", nargs=2, type=int, default=[1, 2], metavar=("ONE", "MANY"))
-    parser.add_argument("--steps", type=int, default=40, help="training steps per run (the first 10 are warm-up)")
+    parser.add_argument("--batches", type=int, default=30, help="timed training batches per run, after 10 untimed")
     args = parser.parse_args()
     one, many = args.devices
     # on CPU each process gets its share of the cores, as sbatch/fit.sbatch's --cpus-per-task does
@@ -126,8 +134,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for method in args.methods:
-            run(method, 1, args.accelerator, 12, workdir, threads[one])  # makes the data, untimed
-            rates = [run(method, n, args.accelerator, args.steps, workdir, threads[n])["events_per_s"]
+            run(method, 1, args.accelerator, 1, workdir, threads[one], warmup=0)  # makes the data; not shown
+            rates = [run(method, n, args.accelerator, args.batches, workdir, threads[n])["events_per_s"]
                      for n in (one, many)]  # fmt: skip
             print(f"| {method} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[1] / rates[0]:.2f} |", flush=True)
 

@@ -551,3 +551,21 @@ def test_morph_under_ddp_equals_one_process_and_leaves_the_base_alone(morph_runs
     assert rank0["metrics"]["val/nll"] == pytest.approx(one["metrics"]["val/nll"], rel=1e-6)
     assert rank0["metrics"]["val/nll"] == rank1["metrics"]["val/nll"]
     assert rank0["metrics"]["val/base_nll"] == pytest.approx(one["metrics"]["val/base_nll"], rel=1e-6)
+
+
+def test_a_resumed_ddp_run_continues_every_ranks_noise_exactly(calogan_dir, tmp_path):
+    """CaloVAE on 2 ranks: 2 epochs straight == 1 epoch, then ``--ckpt_path last`` to 2. The
+    checkpoint holds each rank's random stream; rank 1 reseeded at the resume (from seed, rank
+    and step) would draw other reparametrisation noise and end with other weights."""
+    base = [*tiny_args("fit", calogan_dir, tmp_path), "--data.init_args.batch_size", "32",
+            "--trainer.limit_train_batches", "4", *ddp()]  # fmt: skip
+    hepgen([*base, "--trainer.max_epochs", "2", "--run.version", "straight"], tmp_path)
+    hepgen([*base, "--trainer.max_epochs", "1", "--run.version", "split"], tmp_path)
+    split = tmp_path / "tiny" / "split"
+    hepgen(["fit", "-c", str(split / "config.yaml"), "--ckpt_path", "last", "--trainer.max_epochs", "2"], tmp_path)
+    straight = torch.load(tmp_path / "tiny" / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == straight["global_step"] == 8
+    assert len(resumed["callbacks"]["RNGStateCheckpoint"]["ranks"]) == 2
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name

@@ -86,17 +86,21 @@ def _wait_for(path: Path, timeout_s: float = 120.0) -> None:
 
 
 @pytest.mark.parametrize(
-    "config, extra",
+    "config, extra, tasks",
     [
         # CaloVAE: automatic optimization; 8 batches per epoch
-        (TINY_CALO, ["--trainer.max_epochs", "6", "--trainer.callbacks.seconds=0.05"]),
+        (TINY_CALO, ["--trainer.max_epochs", "6", "--trainer.callbacks.seconds=0.05"], 1),
         # SDE-GAN: two optimizers and SWA copies of both networks (from generator step 2)
-        (TINY_SDE, ["--trainer.max_epochs", "12", "--trainer.callbacks.seconds=0.1"]),
+        (TINY_SDE, ["--trainer.max_epochs", "12", "--trainer.callbacks.seconds=0.1"], 1),
+        # CaloVAE on 2 ranks (batch 32 each, 8 steps per epoch): every rank's noise stream and its
+        # place in the epoch's order continue (the two jobs run one after the other on 2 cores)
+        (TINY_CALO, ["--trainer.max_epochs", "6", "--trainer.callbacks.seconds=0.05",
+                     "--data.init_args.batch_size=32"], 2),  # fmt: skip
     ],
-    ids=["calo_vae", "sde_gan_swa"],
+    ids=["calo_vae", "sde_gan_swa", "calo_vae_2_ranks"],
 )
 def test_time_limit_signal_requeues_the_job_and_it_ends_as_an_uninterrupted_run(
-    slurm, calogan_dir, tmp_path, config, extra
+    slurm, calogan_dir, tmp_path, config, extra, tasks
 ):
     """SIGUSR1 to the job's tasks (what ``--signal=SIGUSR1@90`` sends before the time limit), sent
     once the first epoch's checkpoint exists; the job requeues itself, starts again and resumes
@@ -104,8 +108,9 @@ def test_time_limit_signal_requeues_the_job_and_it_ends_as_an_uninterrupted_run(
     data = str(calogan_dir) if config == TINY_CALO else str(tmp_path / "ou")
     common = [str(config), "--data.init_args.data_dir", data, "--run.experiment", "tiny", "--run.threads", "1",
               *extra[:2], "--trainer.callbacks+=tests.slurm_cluster.SleepEachBatch", *extra[2:]]  # fmt: skip
-    straight = submit(slurm, tmp_path, "fit.sbatch", *common, "--run.root", str(tmp_path / "straight"))
-    job = submit(slurm, tmp_path, "fit.sbatch", *common, "--run.root", str(tmp_path / "job"))
+    per_job = {"sbatch_args": (f"--ntasks-per-node={tasks}",)}
+    straight = submit(slurm, tmp_path, "fit.sbatch", *common, "--run.root", str(tmp_path / "straight"), **per_job)
+    job = submit(slurm, tmp_path, "fit.sbatch", *common, "--run.root", str(tmp_path / "job"), **per_job)
     run_dir = tmp_path / "job" / "tiny" / job
     _wait_for(run_dir / "checkpoints" / "last.ckpt")
     slurm.scancel("--signal=USR1", job)

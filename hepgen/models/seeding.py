@@ -33,9 +33,10 @@ def run_seed() -> int:
 def reseed_for_rank(trainer) -> None:
     """Give DDP ranks > 0 their own global random stream; call in ``on_train_start``.
 
-    ``on_train_start`` of the module runs after the callbacks', hence after RNGStateCheckpoint
-    restored a checkpoint's (rank 0's) random state. The step enters the seed so that a resumed
-    rank does not replay the stream it drew from step 0.
+    ``on_train_start`` of the module runs after the callbacks'. A resume on as many ranks as
+    the checkpoint was written with continues every rank's own stream (RNGStateCheckpoint
+    restored it and set ``trainer.rank_streams_restored``), as if never stopped. Otherwise the
+    step enters the seed, so that a resumed rank does not replay the stream it drew from step 0.
     """
-    if trainer.global_rank > 0:
+    if trainer.global_rank > 0 and not getattr(trainer, "rank_streams_restored", False):
         torch.manual_seed(rank_seed(run_seed(), trainer.global_rank, trainer.global_step))
