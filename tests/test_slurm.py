@@ -56,13 +56,15 @@ def _run_dirs(root: Path, experiment: str = "tiny") -> list[str]:
     return sorted(p.name for p in folders if not p.name.startswith("."))
 
 
-def test_fit_sbatch_trains_two_ranks_in_one_run_directory(slurm, calogan_dir, tmp_path):
-    """srun starts 2 tasks; hepgen makes them one DDP group writing one run directory."""
+@pytest.mark.parametrize("script", ["fit.sbatch", "fit_multinode.sbatch"])
+def test_fit_sbatch_trains_two_ranks_in_one_run_directory(slurm, calogan_dir, tmp_path, script):
+    """srun starts 2 tasks; hepgen makes them one DDP group writing one run directory (the
+    multi-node script on this one node: the same launch, with the nodes from the allocation)."""
     root = tmp_path / "runs"
-    job = submit(slurm, tmp_path, "fit.sbatch", str(TINY_CALO), "--data.init_args.data_dir", str(calogan_dir),
+    job = submit(slurm, tmp_path, script, str(TINY_CALO), "--data.init_args.data_dir", str(calogan_dir),
                  "--run.root", str(root), "--run.experiment", "tiny", "--trainer.max_epochs", "1",
                  "--data.init_args.batch_size", "32", "--trainer.callbacks+=tests.ddp_probe.WeightProbe",
-                 sbatch_args=("--ntasks-per-node=2",))  # fmt: skip
+                 sbatch_args=("--nodes=1", "--ntasks-per-node=2"))  # fmt: skip
     assert slurm.wait(job) == ["COMPLETED"], log(tmp_path, job)
     assert _run_dirs(root) == [job]  # named by the job id; no second folder from rank 1
     ranks = [torch.load(root / "tiny" / job / "probe" / f"fit_rank{r}.pt", weights_only=False) for r in (0, 1)]
@@ -212,3 +214,28 @@ def test_an_array_of_two_sweep_agents_runs_a_trial_each_in_its_own_run_directory
         run_dir = Path(trial["run_dir"])
         assert run_dir.name == trial["name"] and (run_dir / "checkpoints" / "last.ckpt").is_file()
         assert list((run_dir / "wandb").glob(f"offline-run-*-{trial['name']}")), logs
+
+
+def test_study_sbatch_trains_a_seed_per_array_task_and_predict_sbatch_generates_with_one(slurm, calogan_dir, tmp_path):
+    """``sbatch --array=3-4 study.sbatch <experiment>``: two runs seeded 3 and 4, in
+    ``<array job>_3`` and ``<array job>_4``; then ``predict.sbatch`` with the first one's config."""
+    import yaml
+
+    root = tmp_path / "runs"
+    job = submit(slurm, tmp_path, "study.sbatch", str(TINY_CALO), "--data.init_args.data_dir", str(calogan_dir),
+                 "--run.root", str(root), "--run.experiment", "tiny", "--trainer.max_epochs", "1",
+                 sbatch_args=("--array=3-4", f"--output={tmp_path}/slurm-%A_%a.out"))  # fmt: skip
+    states = slurm.wait(job)
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob(f"slurm-{job}_*.out")))
+    assert states == ["COMPLETED", "COMPLETED"], logs
+    assert _run_dirs(root) == [f"{job}_3", f"{job}_4"]
+    configs = [yaml.safe_load((root / "tiny" / f"{job}_{t}" / "config.yaml").read_text()) for t in (3, 4)]
+    assert [c["seed_everything"] for c in configs] == [3, 4]
+    weights = [_load(root / "tiny" / f"{job}_{t}" / "checkpoints" / "last.ckpt")["state_dict"] for t in (3, 4)]
+    assert not torch.equal(weights[0]["decoder.trunk.0.weight"], weights[1]["decoder.trunk.0.weight"])
+
+    run_dir = root / "tiny" / f"{job}_3"
+    predict = submit(slurm, tmp_path, "predict.sbatch", str(run_dir / "config.yaml"), "--ckpt_path", "last",
+                     "--trainer.callbacks+=CaloGANWriter")  # fmt: skip
+    assert slurm.wait(predict) == ["COMPLETED"], log(tmp_path, predict)
+    assert [p.name for p in (run_dir / "predictions").iterdir()] == ["eplus.hdf5"]
