@@ -28,7 +28,8 @@ class SweepTrial(Callback):
     def __init__(self, trial_file: str | Path | None = None) -> None:
         self.trial_file = Path(trial_file or os.environ[TRIAL_ENV])
         self.folder = self.trial_file.parent.parent
-        self.config = yaml.safe_load((self.folder / "sweep.yaml").read_text())
+        with locked(self.folder):
+            self.config = yaml.safe_load((self.folder / "sweep.yaml").read_text())
         self.metric = self.config["metric"]["name"]
 
     def on_validation_end(self, trainer, pl_module) -> None:

@@ -48,7 +48,7 @@ class EpochShuffleSampler(DistributedSampler):
         resume_after: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        self.epoch = epoch
+        self.set_epoch(epoch)  # the dataset too: worker processes may fetch before Lightning sets it
         self.resume_after = resume_after
 
     def set_epoch(self, epoch: int) -> None:

@@ -238,8 +238,8 @@ def _choose_run_dir(settings: Namespace, subcommand: str, ckpt_path: str | None)
                 return experiment_dir / run_dir.name  # the checkpoint's own run
     sweep_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
     if subcommand == "fit" and sweep_run:
-        # a trial of a W&B sweep (its agent sets both): the W&B run's own folder, which a
-        # requeued agent handed the same run finds again
+        # a trial of a W&B sweep (its agent sets both): the W&B run's own folder, never another
+        # trial's (the SLURM job's numbering would give a requeued agent's new trial an old folder)
         return experiment_dir / re.sub(r"[^A-Za-z0-9_.-]", "-", sweep_run)
     job = slurm_run_id()
     if subcommand == "fit" and job is not None:

@@ -70,7 +70,9 @@ import yaml
 
 from hepgen.checkpoints import run_checkpoints
 from hepgen.errors import HepgenError
+from hepgen.run import slurm_run_id
 from hepgen.run_lock import waiting_lock
+from hepgen.slurm import clear_time_limit, note_time_limit, requeue_job, time_limit_reached, wait_to_be_stopped
 
 COMMANDS = ("fit", "validate", "test", "predict")
 STUDY_KEYS = {"study", "root", "data", "signal_fractions", "injection_seeds", "common_args", "methods"}
@@ -522,6 +524,18 @@ def _summary(study: Study, point: Point) -> str:
     return text
 
 
+def _requeue_before(point: Point) -> None:
+    """The job's time is nearly up: requeue it; the requeued job starts again at ``point``."""
+    done, what = requeue_job()
+    if not done:
+        print(f"hepgen ad: {what}; going on until the time limit (rerun the same command to continue).", flush=True)
+        clear_time_limit()
+        return
+    print(f"hepgen ad: time limit near: {what}; it continues with {point.method} {point.label}.", flush=True)
+    wait_to_be_stopped(lambda: False)  # SLURM's SIGTERM ends this process
+    raise SystemExit(0)
+
+
 def run_study(study: Study, job: int = 0, jobs: int = 1, methods: list[str] | None = None) -> list[Point]:
     """Run this job's share of the points, printing one line per point; returns the points run."""
     if jobs < 1 or not 0 <= job < jobs:
@@ -535,7 +549,11 @@ def run_study(study: Study, job: int = 0, jobs: int = 1, methods: list[str] | No
     print(f"hepgen ad: {study.name}: {len(points)} points in this job, {len(points) - len(todo)} already done, "
           f"runs in {study.folder}")  # fmt: skip
     start = time.perf_counter()
+    if slurm_run_id() is not None:
+        note_time_limit()  # the SLURM time-limit signal must not kill the study between trainings
     for n, point in enumerate(todo, 1):
+        if time_limit_reached():
+            _requeue_before(point)
         seconds = sum(run_point(study, point).values())
         elapsed = time.perf_counter() - start
         left = elapsed / n * (len(todo) - n)

@@ -193,18 +193,23 @@ def run_agent(
                 f"{folder} holds sweep '{config['name']}' with other settings ({saved}); "
                 f"give the changed sweep another name: key."
             )
-        saved.write_text(yaml.safe_dump(config, sort_keys=False))
+        if not saved.is_file():
+            tmp = saved.with_name(f".sweep.yaml.{os.getpid()}")
+            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+            os.replace(tmp, saved)
+        # a requeued agent counts the trials it finished before the requeue
+        ended = sum(t["agent"] == agent_id() and t["state"] != "running" for t in read_trials(folder))
     # SLURM's time-limit signal reaches every process of the job step: the trial's fit saves and
     # requeues the job (callbacks.SlurmRequeue); the agent itself must not die of it first
     if slurm_run_id() is not None:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     done = []
-    for _ in range(count):
+    for _ in range(count - ended if int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 else count):
         trial = draw_trial(config, folder)
         if trial is None:
             print(f"hepgen sweep: {config['name']}: the grid is exhausted.")
             break
-        # its own run directory, found again by a requeued agent: runs/<experiment>/<trial name>
+        # its own run directory, found again by this agent after a requeue: runs/<experiment>/<trial name>
         args = trial_arguments(config, trial["values"], [f"--run.version={trial['name']}", *(extra or [])])
         trial_file = folder / "trials" / f"{trial['index']}.json"
         env = {**os.environ, TRIAL_ENV: str(trial_file), "WANDB_RUN_ID": trial["name"]}

@@ -101,3 +101,32 @@ def test_requeue_of_a_gan_with_weight_averages_resumes_exactly(tmp_path, slurm_j
     saved = _requeued_run_matches_uninterrupted(args, _signal_args(1, 1), tmp_path, slurm_job, monkeypatch)
     assert saved["epoch"] == 1
     assert saved["state_dict"]["averages.generator.n_averaged"] > 0  # the SWA copy was averaging already
+
+
+def test_requeue_with_gradient_accumulation_waits_for_the_window_to_end(calogan_dir, tmp_path, slurm_job, monkeypatch):
+    """With 2 batches per optimizer step, a signal after batch 2 (inside the window of batches 2
+    and 3) is acted on before batch 4: the gradients of an unfinished window are in no checkpoint."""
+    args = tiny_args("fit", calogan_dir, tmp_path)[:-4] + ["--run.experiment", "tiny",
+                                                           "--trainer.accumulate_grad_batches", "2"]  # fmt: skip
+    saved = _requeued_run_matches_uninterrupted(args, _signal_args(1, 2), tmp_path, slurm_job, monkeypatch)
+    assert saved["epoch"] == 1 and saved["global_step"] == 4 + 2  # after batches 0-3 of epoch 1
+    assert saved["CaloGANDataModule"]["train_position"] == {"epoch": 1, "batches": 4}
+
+
+def test_a_resumed_sampler_puts_its_dataset_in_the_resumed_epoch():
+    """Worker processes may fetch before Lightning calls set_epoch: a dataset whose items depend on
+    the epoch (UVCGAN-S's pairing of domains) must already be in the resumed one."""
+    from datamodules.samplers import EpochShuffleSampler
+
+    class Pairing(torch.utils.data.Dataset):
+        epoch = -1
+
+        def __len__(self):
+            return 10
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    dataset = Pairing()
+    sampler = EpochShuffleSampler(dataset, seed=1, epoch=3, resume_after=(3, 4))
+    assert dataset.epoch == 3 and len(list(sampler)) == 6

@@ -11,7 +11,7 @@ import yaml
 
 from callbacks.sweep import SweepTrial
 from hepgen.cli import HepgenCLI
-from hepgen.sweep import load_sweep, run_agent, trial_arguments, write_trial
+from hepgen.sweep import load_sweep, read_trials, run_agent, trial_arguments, write_trial
 from tests.conftest import ROOT, TINY_CALO
 
 SWEEPS = sorted((ROOT / "experiments" / "sweeps").glob("*.yaml"))
@@ -151,3 +151,25 @@ def test_a_trial_of_a_wandb_sweep_trains_in_the_folder_of_its_wandb_run(calogan_
     monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # no Lightning SLURM environment in a local test
     main(tiny_args("fit", calogan_dir, tmp_path, "--trainer.max_epochs", "1"))
     assert (tmp_path / "tiny" / "run7x" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_requeued_agent_resumes_its_own_trial_and_runs_only_what_is_left(tmp_path, monkeypatch):
+    """Agent of SLURM job 77 with --count 3, requeued after finishing trial 0 and in the middle of
+    trial 1 (another agent's trial 2 is running): it reruns trial 1, draws one new trial, stops."""
+    sweep = {
+        "program": "hepgen", "name": "s", "method": "random", "metric": {"name": "m", "goal": "minimize"},
+        "parameters": {"x": {"values": [1, 2, 3]}},
+        "command": ["${interpreter}", "-c", "import sys; sys.exit(0)", "${args}"],
+    }  # fmt: skip
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    folder = tmp_path / "sweeps" / "s"
+    for index, (agent, state) in enumerate([("77", "finished"), ("77", "running"), ("88", "running")]):
+        write_trial(folder, {"index": index, "name": f"s-{index}", "state": state, "values": {"x": 1},
+                             "history": [], "summary": {}, "run_dir": None, "agent": agent})  # fmt: skip
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    trials = run_agent(path, count=3, root=tmp_path)
+    assert [t["name"] for t in trials] == ["s-1", "s-3"]
+    states = {t["name"]: t["state"] for t in read_trials(folder)}
+    assert states == {"s-0": "finished", "s-1": "finished", "s-2": "running", "s-3": "finished"}
