@@ -526,10 +526,10 @@ def _summary(study: Study, point: Point) -> str:
 
 def _requeue_before(point: Point) -> None:
     """The job's time is nearly up: requeue it; the requeued job starts again at ``point``."""
+    clear_time_limit()
     done, what = requeue_job()
     if not done:
         print(f"hepgen ad: {what}; going on until the time limit (rerun the same command to continue).", flush=True)
-        clear_time_limit()
         return
     print(f"hepgen ad: time limit near: {what}; it continues with {point.method} {point.label}.", flush=True)
     wait_to_be_stopped(lambda: False)  # SLURM's SIGTERM ends this process

@@ -371,3 +371,37 @@ def test_a_k_fold_study_reports_the_folds_scores_together(lhco_sr_like_dir, tmp_
     report = json.loads((study.folder / "report" / "report.json").read_text())
     assert report["methods"]["supervised"]["all"]["points"][0]["folds"] == 2
     assert report["methods"]["supervised"]["all"]["max_sic"]["median"] == pytest.approx(combined["max_sic"])
+
+
+def test_the_time_limit_signal_between_two_points_requeues_the_job_before_the_second(tmp_path, monkeypatch):
+    """In a SLURM job (``sbatch/study.sbatch``), SIGUSR1 after the first point: the study asks for a
+    requeue and stops before the second; the requeued job trains only the second."""
+    import os
+    import signal
+
+    import hepgen.study as study_module
+
+    monkeypatch.setenv("SLURM_JOB_ID", "31")
+    requeues = []
+    monkeypatch.setattr(study_module, "requeue_job", lambda: requeues.append(1) or (True, "requeued SLURM job 31"))
+    monkeypatch.setattr(study_module, "wait_to_be_stopped", lambda stopped: None)  # no SLURM to stop us
+    trained = study_module.run_point
+
+    def run_point_then_signal(study, point):
+        times = trained(study, point)
+        os.kill(os.getpid(), signal.SIGUSR1)  # SLURM's --signal=SIGUSR1@90, right after this point
+        return times
+
+    monkeypatch.setattr(study_module, "run_point", run_point_then_signal)
+    ideal_only = {"ideal": study_spec(tmp_path)["methods"]["ideal"]}
+    study = load_study(write_spec(tmp_path, study_spec(tmp_path, methods=ideal_only)))
+    first, second = study.points()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_study(study)
+        assert stopped.value.code == 0 and requeues == [1]
+        assert study_module.point_done(study, first) and not study_module.point_done(study, second)
+        monkeypatch.setattr(study_module, "run_point", trained)
+        assert run_study(study) == [second]  # the requeued job
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
