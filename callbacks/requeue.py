@@ -15,7 +15,8 @@ from hepgen.slurm import clear_time_limit, note_time_limit, requeue_job, time_li
 
 
 def next_hpc_checkpoint(run_dir: Path) -> Path:
-    """``<run dir>/hpc_ckpt_<n>.ckpt`` for the next n (the names Lightning uses and resumes from)."""
+    """``<run dir>/hpc_ckpt_<n>.ckpt`` for the next n (the names Lightning resumes from). Lightning's
+    own ``hpc_save_path`` reads a number out of any file name holding ``ckpt_`` and fails on others."""
     names = (re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name) for p in Path(run_dir).glob("hpc_ckpt_*.ckpt"))
     taken = [int(m.group(1)) for m in names if m]
     return Path(run_dir) / f"hpc_ckpt_{max(taken, default=0) + 1}.ckpt"
@@ -56,9 +57,8 @@ class SlurmRequeue(Callback):
         environment = trainer._accelerator_connector.cluster_environment
         if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
             # before the Trainer registers its own handlers, which then leave this signal alone
-            self.active = True
-            self._replaced = note_time_limit(environment.requeue_signal or signal.SIGUSR1)
-            self._signum = environment.requeue_signal or signal.SIGUSR1
+            self.active, self._signum = True, environment.requeue_signal or signal.SIGUSR1
+            self._replaced = note_time_limit(self._signum)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self.active and self._replaced is not None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 
 import yaml
 from lightning.pytorch import Callback
 
-from hepgen.sweep import TRIAL_ENV, as_sweep_runs, locked, read_trials, write_trial
+from hepgen.sweep import TRIAL_ENV, as_sweep_runs, locked, read_trials, sweeps_package, write_trial
 
 
 class SweepTrial(Callback):
@@ -45,8 +44,9 @@ class SweepTrial(Callback):
     def _report(self, value: float, epoch: int, run_dir: str) -> bool:
         with locked(self.folder):
             trial = json.loads(self.trial_file.read_text())
-            trial["history"].append({self.metric: value if math.isfinite(value) else None, "epoch": epoch})
-            trial["summary"][self.metric] = value if math.isfinite(value) else None
+            value = value if math.isfinite(value) else None  # JSON has no NaN
+            trial["history"].append({self.metric: value, "epoch": epoch})
+            trial["summary"][self.metric] = value
             trial["run_dir"] = run_dir
             stop = self._hyperband_stops(trial)
             if stop:
@@ -57,10 +57,6 @@ class SweepTrial(Callback):
     def _hyperband_stops(self, trial: dict) -> bool:
         if (self.config.get("early_terminate") or {}).get("type") != "hyperband":
             return False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import sweeps
-
         trials = [trial if t["index"] == trial["index"] else t for t in read_trials(self.folder)]
-        stopped = sweeps.stop_runs(self.config, as_sweep_runs(trials))
+        stopped = sweeps_package().stop_runs(self.config, as_sweep_runs(trials))
         return any(run.name == trial["name"] for run in stopped)

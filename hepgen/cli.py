@@ -48,6 +48,7 @@ from hepgen.run import (
     resolve_ckpt_path,
     resolve_run_dir,
     resolve_run_references,
+    slurm_requeued,
     update_latest_link,
     withdraw_run_dirs,
 )
@@ -234,8 +235,7 @@ class HepgenCLI(LightningCLI):
             dumped = yaml.safe_load(self._parser(self.subcommand).dump(cfg))
             check_config_collision(self.run_dir, dumped)
             if _chooses_run_dir():
-                requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
-                RunLock(self.run_dir, wait_s=300.0 if requeued else 0.0).acquire()
+                RunLock(self.run_dir, wait_s=300.0 if slurm_requeued() else 0.0).acquire()
         elif ckpt_path is None:
             rank_zero_warn(
                 f"hepgen {self.subcommand} without --ckpt_path evaluates an untrained model: its output is noise. "

@@ -79,6 +79,11 @@ def experiment_from_config_files(config_files: list | None) -> str:
     return path.stem
 
 
+def slurm_requeued() -> bool:
+    """True in a SLURM job that was requeued (``SLURM_RESTART_COUNT`` > 0): it continues its runs."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+
+
 def slurm_run_id() -> str | None:
     """The SLURM job id that survives a requeue (array jobs: ``<array job id>_<task id>``)."""
     array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -363,7 +368,7 @@ def resolve_ckpt_path(run_dir: Path, ckpt_path: str | None, subcommand: str) -> 
         return str(check_whole(Path(ckpt_path)))
     existing = newest_checkpoint(run_dir) if subcommand == "fit" else None
     if existing is not None:
-        if int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+        if slurm_requeued():
             return str(check_whole(existing))  # requeued job: continue where it stopped
         raise RunDirectoryError(
             f"{run_dir} already holds checkpoints; starting again there would overwrite them. "

@@ -39,7 +39,8 @@ from pathlib import Path
 import yaml
 
 from hepgen.errors import ConfigValueError
-from hepgen.run import slurm_run_id
+from hepgen.io.files import write_atomically
+from hepgen.run import slurm_requeued, slurm_run_id
 
 #: The environment variable that tells a trial's ``hepgen fit`` which trial file it reports to.
 TRIAL_ENV = "HEPGEN_SWEEP_TRIAL"
@@ -122,12 +123,19 @@ def write_trial(folder: Path, trial: dict) -> Path:
     return path
 
 
+def sweeps_package():
+    """W&B's search and stopping code (``pip install "wandb[sweeps]"``), imported quietly: its
+    pydantic models warn about pydantic-1 option names at import."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+
+    return sweeps
+
+
 def as_sweep_runs(trials: list[dict]) -> list:
     """The trials as the ``sweeps`` package's runs (what W&B's server hands its search code)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its pydantic models warn about v1 option names
-        from sweeps import SweepRun
-
+    SweepRun = sweeps_package().SweepRun
     # the server's field names (sampledHistory, summaryMetrics): sweeps 0.2 under pydantic 2 takes no others
     return [
         SweepRun(
@@ -146,17 +154,13 @@ def agent_id() -> str:
 def draw_trial(config: dict, folder: Path) -> dict | None:
     """The next trial: this agent's own unfinished one after a SLURM requeue, else a new one by the
     sweep's method given every trial so far; ``None`` when a grid is done."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import sweeps
-
     with locked(folder):
         trials = read_trials(folder)
-        if int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+        if slurm_requeued():
             mine = [t for t in trials if t["state"] == "running" and t["agent"] == agent_id()]
             if mine:
                 return mine[0]  # its fit resumes from the checkpoint written before the requeue
-        suggestion = sweeps.next_run(config, as_sweep_runs(trials))
+        suggestion = sweeps_package().next_run(config, as_sweep_runs(trials))
         if suggestion is None:
             return None
         index = len(trials)
@@ -194,17 +198,16 @@ def run_agent(
                 f"give the changed sweep another name: key."
             )
         if not saved.is_file():
-            tmp = saved.with_name(f".sweep.yaml.{os.getpid()}")
-            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-            os.replace(tmp, saved)
+            write_atomically(saved, lambda f: f.write(yaml.safe_dump(config, sort_keys=False).encode()))
         # a requeued agent counts the trials it finished before the requeue
-        ended = sum(t["agent"] == agent_id() and t["state"] != "running" for t in read_trials(folder))
+        mine = [t for t in read_trials(folder) if t["agent"] == agent_id() and t["state"] != "running"]
+        ended = len(mine) if slurm_requeued() else 0
     # SLURM's time-limit signal reaches every process of the job step: the trial's fit saves and
     # requeues the job (callbacks.SlurmRequeue); the agent itself must not die of it first
     if slurm_run_id() is not None:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     done = []
-    for _ in range(count - ended if int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0 else count):
+    for _ in range(count - ended):
         trial = draw_trial(config, folder)
         if trial is None:
             print(f"hepgen sweep: {config['name']}: the grid is exhausted.")
