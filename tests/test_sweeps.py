@@ -11,6 +11,7 @@ import yaml
 
 from callbacks.sweep import SweepTrial
 from hepgen.cli import HepgenCLI
+from hepgen.errors import ConfigValueError
 from hepgen.sweep import load_sweep, read_trials, run_agent, trial_arguments, write_trial
 from tests.conftest import ROOT, TINY_CALO
 
@@ -173,3 +174,41 @@ def test_a_requeued_agent_resumes_its_own_trial_and_runs_only_what_is_left(tmp_p
     assert [t["name"] for t in trials] == ["s-1", "s-3"]
     states = {t["name"]: t["state"] for t in read_trials(folder)}
     assert states == {"s-0": "finished", "s-1": "finished", "s-2": "running", "s-3": "finished"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (None, "no such sweep file"),
+        ({"metric": None}, "a W&B sweep file needs metric"),
+        ({"command": ["${interpreter}", "-m", "hepgen", "fit"]}, "command must contain ${args}"),
+    ],
+    ids=["missing_file", "missing_key", "no_args"],
+)
+def test_a_bad_sweep_file_is_one_line_naming_it(tmp_path, capsys, monkeypatch, change, message):
+    from hepgen.cli import main
+
+    monkeypatch.setenv("HEPGEN_DEBUG", "0")
+    path = tmp_path / "bad.yaml"
+    if change is not None:
+        sweep = yaml.safe_load((ROOT / "experiments" / "sweeps" / "calo_vae.yaml").read_text())
+        sweep.update(change)
+        path.write_text(yaml.safe_dump({k: v for k, v in sweep.items() if v is not None}))
+    with pytest.raises(SystemExit) as stopped:
+        main(["sweep", "agent", str(path), "--root", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"hepgen: error: {path}") and message in err[0]
+
+
+def test_a_changed_sweep_under_the_same_name_is_refused(calogan_dir, tmp_path):
+    """The folder's trials were drawn for the first settings; a second agent must not mix others in."""
+    sweep = tiny_sweep(tmp_path, calogan_dir)
+    folder = tmp_path / "runs" / "sweeps" / "tiny"
+    folder.mkdir(parents=True)
+    changed = yaml.safe_load(sweep.read_text())
+    changed["method"] = "random"
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(changed))
+    with pytest.raises(ConfigValueError, match="holds sweep 'tiny' with other settings"):
+        run_agent(sweep, count=1, root=tmp_path / "runs")
+    assert not (folder / "trials").exists()
